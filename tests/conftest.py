@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny datasets in the real IDX format, so torchvision's own loading code runs."""
+
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+#: sizes of the tiny dataset: 96 training images (24 of them for validation) and 40 test images
+NUM_TRAIN, NUM_TEST, VAL_SIZE = 96, 40, 24
+
+
+def write_idx(path: Path, values: torch.Tensor) -> None:
+    """Writes a uint8 tensor as an IDX file: magic 0x0000 08 <ndim>, big-endian dims, then the bytes."""
+    header = bytes([0, 0, 0x08, values.ndim]) + struct.pack(f">{values.ndim}I", *values.shape)
+    path.write_bytes(header + bytes(values.flatten().tolist()))
+
+
+def tiny_digits(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` 28x28 uint8 images of 10 classes: a bright 8x8 square whose place depends on the class,
+    over faint noise. Structured enough for an autoencoder to learn in a few steps."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 10
+    images = torch.randint(0, 40, (count, 28, 28), generator=generator)
+    for i, label in enumerate(labels.tolist()):
+        row, col = 2 + 8 * (label // 4), 2 + 6 * (label % 4)
+        images[i, row : row + 8, col : col + 8] = torch.randint(200, 256, (8, 8), generator=generator)
+    return images.to(torch.uint8), labels.to(torch.uint8)
+
+
+def write_tiny_dataset(root: Path, name: str = "MNIST") -> Path:
+    """Writes the four extracted IDX files under `root/<name>/raw` and returns `root`."""
+    raw = root / name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, count, seed in (("train", NUM_TRAIN, 0), ("t10k", NUM_TEST, 1)):
+        images, labels = tiny_digits(count, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding tiny MNIST, FashionMNIST and KMNIST (read-only use: copy before damaging)."""
+    root = tmp_path_factory.mktemp("data")
+    for name in ("MNIST", "FashionMNIST", "KMNIST"):
+        write_tiny_dataset(root, name)
+    return root
+
+
+def read_png(path: Path) -> torch.Tensor:
+    """Decodes a PNG (and so checks it is one) into a (C, H, W) uint8 tensor."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+
+
+def linear_shapes(net: torch.nn.Module) -> list[tuple[int, int]]:
+    """(in_features, out_features) of every Linear layer of `net`, in order."""
+    return [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, torch.nn.Linear)]

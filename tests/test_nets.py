@@ -1,0 +1,41 @@
+"""The plain-PyTorch encoders and decoders: shapes for every backbone and image size, no Lightning inside."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ae_lightning.nets import build_decoder, build_encoder
+from tests.conftest import linear_shapes
+
+
+@pytest.mark.parametrize("backbone, hidden_dims", [("mlp", [64, 32]), ("mlp", []), ("conv", [8, 16])])
+@pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32), (1, 64, 64), (3, 27, 27)])
+def test_encoder_and_decoder_shapes(backbone: str, hidden_dims: list[int], image_shape: tuple) -> None:
+    encoder = build_encoder(backbone, image_shape, hidden_dims, out_dim=10)
+    decoder = build_decoder(backbone, 5, hidden_dims, image_shape)
+    x = torch.randn(4, *image_shape)
+    assert encoder(x).shape == (4, 10)
+    assert decoder(torch.randn(4, 5)).shape == (4, *image_shape)
+
+
+def test_decoder_mirrors_encoder() -> None:
+    encoder = build_encoder("mlp", (1, 28, 28), [400, 100], out_dim=20)
+    decoder = build_decoder("mlp", 20, [400, 100], (1, 28, 28))
+    assert linear_shapes(encoder) == [(784, 400), (400, 100), (100, 20)]
+    assert linear_shapes(decoder) == [(20, 100), (100, 400), (400, 784)]
+
+
+def test_conv_backbone_refuses_non_square_images() -> None:
+    with pytest.raises(ValueError, match="square"):
+        build_encoder("conv", (1, 28, 32), [8], out_dim=4)
+
+
+def test_nets_do_not_import_lightning() -> None:
+    code = (
+        "import sys, ae_lightning.nets; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
