@@ -1,0 +1,24 @@
+"""The plain undercomplete autoencoder."""
+
+from math import prod
+from typing import Any
+
+from ae_lightning.errors import ConfigError
+from ae_lightning.models.base import AutoencoderBase
+
+
+class AE(AutoencoderBase):
+    """Undercomplete autoencoder: the code is smaller than the image, so the identity map is out of reach.
+
+    Takes the arguments of `AutoencoderBase`.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        input_dim = prod(self.image_shape)
+        if self.latent_dim >= input_dim:
+            raise ConfigError(
+                f"AE needs latent_dim < the input size {input_dim} ({'x'.join(map(str, self.image_shape))}), "
+                f"got {self.latent_dim}: a code as large as the input lets the model learn the identity map. "
+                "Use a smaller latent_dim, or DenoisingAE / VAE, whose objectives rule the identity out."
+            )

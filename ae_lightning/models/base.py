@@ -1,0 +1,174 @@
+"""The shared base of every autoencoder: network construction, the training step, logging, optimizers."""
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from ae_lightning.errors import ConfigError
+from ae_lightning.nets import DEFAULT_HIDDEN_DIMS, Backbone, build_decoder, build_encoder
+from ae_lightning.value_range import check_value_range
+
+Likelihood = Literal["gaussian", "bernoulli"]
+Stage = Literal["train", "val", "test"]
+
+
+def images_of(batch: Tensor | Sequence[Tensor]) -> Tensor:
+    """The images of a batch that is either an image tensor or an (images, labels, ...) sequence."""
+    return batch if isinstance(batch, Tensor) else batch[0]
+
+
+class AutoencoderBase(LightningModule):
+    """Shared base of every autoencoder: builds encoder and decoder, runs the step of every stage and logs
+    `{stage}/loss` and each loss term. A variant overrides only what is its own (`loss_terms`, `encode`).
+
+    Args:
+        latent_dim: size of the code.
+        backbone: `mlp` (fully connected) or `conv` (stride-2 convolutions, square images).
+        hidden_dims: widths of the hidden layers (mlp) or channels of the convolutions (conv), from the image
+            side; the decoder mirrors them. Default: [400] for mlp, [32, 64] for conv.
+        likelihood: `gaussian` (reconstruction term = summed squared error) or `bernoulli` (binary
+            cross-entropy with logits; needs data in [0, 1]).
+        image_shape: (C, H, W) of the images; the CLI takes it from the datamodule.
+        value_range: range of the data, [-1, 1] or [0, 1]; the CLI takes it from the datamodule. It picks
+            the output activation of the gaussian decoder (tanh or sigmoid).
+        optimizer: optimizer class and its arguments (default Adam, lr 1e-3).
+        lr_scheduler: optional learning-rate scheduler; ReduceLROnPlateau watches `val/loss`.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 20,
+        backbone: Backbone = "mlp",
+        hidden_dims: Sequence[int] | None = None,
+        likelihood: Likelihood = "gaussian",
+        image_shape: Sequence[int] = (1, 28, 28),
+        value_range: Sequence[float] = (0.0, 1.0),
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if latent_dim <= 0:
+            raise ConfigError(f"latent_dim must be a positive number of latent units, got {latent_dim}")
+        if backbone not in DEFAULT_HIDDEN_DIMS:
+            raise ConfigError(f"backbone must be one of {list(DEFAULT_HIDDEN_DIMS)}, got {backbone!r}")
+        if likelihood not in ("gaussian", "bernoulli"):
+            raise ConfigError(f"likelihood must be 'gaussian' or 'bernoulli', got {likelihood!r}")
+        hidden_dims = list(DEFAULT_HIDDEN_DIMS[backbone] if hidden_dims is None else hidden_dims)
+        if any(width <= 0 for width in hidden_dims) or (backbone == "conv" and not hidden_dims):
+            raise ConfigError(
+                f"hidden_dims must be positive sizes (at least one for the conv backbone), got {hidden_dims}"
+            )
+        # hparams hold lists (as YAML does), so they equal the datamodule's and reload from hparams.yaml
+        value_range = list(check_value_range(value_range))
+        image_shape = [int(size) for size in image_shape]
+        if likelihood == "bernoulli" and value_range != [0.0, 1.0]:
+            raise ConfigError(
+                f"likelihood 'bernoulli' models data in [0, 1], but the data is in {value_range}: "
+                "set --data.value_range '[0, 1]' (and --data.binarize true for binarised images), "
+                "or use likelihood 'gaussian'"
+            )
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.latent_dim = latent_dim
+        self.likelihood = likelihood
+        self.image_shape = tuple(image_shape)
+        self.value_range: tuple[float, float] = tuple(value_range)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.encoder = build_encoder(backbone, self.image_shape, hidden_dims, self._encoder_out_dim())
+        self.decoder = build_decoder(backbone, latent_dim, hidden_dims, self.image_shape)
+        # lets the model summary show input and output sizes
+        self.example_input_array = torch.zeros(2, *self.image_shape)
+
+    def _encoder_out_dim(self) -> int:
+        """How many numbers the encoder gives per image (a VAE needs two per latent unit)."""
+        return self.latent_dim
+
+    # --- the interface every model shares ---
+
+    def encode(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """(B, C, H, W) -> code (B, latent_dim)."""
+        return self.encoder(x)
+
+    def latent(self, x: Tensor) -> Tensor:
+        """Deterministic code of `x` for use as features, (B, latent_dim)."""
+        return self.encode(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Code (B, latent_dim) -> mean of the output distribution in data space, (B, C, H, W)."""
+        return self.output_mean(self.decoder(z))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruction of `x`, (B, C, H, W) -> (B, C, H, W)."""
+        return self.decode(self.latent(x))
+
+    def anomaly_score(self, x: Tensor) -> Tensor:
+        """Reconstruction error of each image, (B, C, H, W) -> (B,)."""
+        return self.reconstruction_loss(self.decoder(self.latent(x)), x)
+
+    def output_mean(self, decoder_output: Tensor) -> Tensor:
+        """Maps raw decoder output to the mean of the output distribution in the data's value range."""
+        if self.likelihood == "gaussian" and self.value_range == (-1.0, 1.0):
+            return torch.tanh(decoder_output)
+        return torch.sigmoid(decoder_output)
+
+    def reconstruction_loss(self, decoder_output: Tensor, x: Tensor) -> Tensor:
+        """Negative log-likelihood of `x` per image (up to constants), summed over pixels: (B,)."""
+        if self.likelihood == "bernoulli":
+            per_pixel = F.binary_cross_entropy_with_logits(decoder_output, x, reduction="none")
+        else:
+            per_pixel = (self.output_mean(decoder_output) - x).square()
+        return per_pixel.flatten(1).sum(1)
+
+    def loss_terms(self, x: Tensor, stage: Stage) -> dict[str, Tensor]:
+        """Per-image loss terms, each (B,); the key `loss` is what is minimised. Variants override this."""
+        recon = self.reconstruction_loss(self.decoder(self.encode(x)), x)
+        return {"loss": recon, "recon": recon}
+
+    # --- Lightning ---
+
+    def _step(self, batch: Tensor | Sequence[Tensor], stage: Stage) -> Tensor:
+        """Computes the loss terms of a batch, logs their means as `{stage}/{name}`, returns the loss."""
+        x = images_of(batch)
+        terms = self.loss_terms(x, stage)
+        training = stage == "train"
+        for name, per_image in terms.items():
+            self.log(
+                f"{stage}/{name}",
+                per_image.mean(),
+                on_step=training,
+                on_epoch=not training,
+                prog_bar=name == "loss",
+                # validation and test numbers are means over the whole set, not one rank's share
+                sync_dist=not training,
+                batch_size=x.shape[0],
+            )
+        return terms["loss"].mean()
+
+    def training_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Latent code, anomaly score and (when the batch has one) label of every image."""
+        x = images_of(batch)
+        prediction = {"latent": self.latent(x), "anomaly_score": self.anomaly_score(x)}
+        if not isinstance(batch, Tensor) and len(batch) > 1:
+            prediction["label"] = batch[1]
+        return prediction
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        scheduler = self.lr_scheduler(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}

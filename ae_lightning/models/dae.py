@@ -1,0 +1,83 @@
+"""The denoising autoencoder (Vincent et al., 2008)."""
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ae_lightning.errors import ConfigError
+from ae_lightning.models.base import AutoencoderBase, Stage
+
+#: validation and test inputs are corrupted with this seed, so their numbers compare across epochs
+EVAL_CORRUPTION_SEED = 0
+
+
+class DenoisingAE(AutoencoderBase):
+    """Autoencoder trained to reconstruct the clean image from a corrupted one.
+
+    The corruptions are applied in this order, each where its argument is above zero: masking,
+    salt-and-pepper, Gaussian noise. Validation and test report the loss on clean inputs (`loss`,
+    `recon`) and on inputs corrupted with a fixed seed (`recon_corrupted`).
+
+    Args:
+        noise_std: standard deviation of additive Gaussian noise, in data units.
+        mask_prob: probability that a pixel is set to the bottom of the value range (black).
+        salt_pepper_prob: probability that a pixel is set to the bottom or the top of the range (half each).
+        **kwargs: the arguments of `AutoencoderBase`.
+    """
+
+    def __init__(
+        self, noise_std: float = 0.3, mask_prob: float = 0.0, salt_pepper_prob: float = 0.0, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if noise_std < 0:
+            raise ConfigError(f"noise_std must be >= 0 (a standard deviation), got {noise_std}")
+        for name, prob in (("mask_prob", mask_prob), ("salt_pepper_prob", salt_pepper_prob)):
+            if not 0 <= prob < 1:
+                raise ConfigError(f"{name} must be a probability in [0, 1), got {prob}")
+        if noise_std == mask_prob == salt_pepper_prob == 0:
+            raise ConfigError(
+                "DenoisingAE needs a corruption: set noise_std, mask_prob or salt_pepper_prob above 0 "
+                "(without one it is a plain AE)"
+            )
+        self.noise_std = noise_std
+        self.mask_prob = mask_prob
+        self.salt_pepper_prob = salt_pepper_prob
+        self._eval_generator: torch.Generator | None = None
+
+    def corrupt(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A corrupted copy of `x` (B, C, H, W); `x` itself is left untouched."""
+        low, high = self.value_range
+
+        def uniform() -> Tensor:
+            return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+        if self.mask_prob > 0:
+            x = torch.where(uniform() < self.mask_prob, low, x)
+        if self.salt_pepper_prob > 0:
+            u = uniform()
+            x = torch.where(
+                u < self.salt_pepper_prob / 2, low, torch.where(u < self.salt_pepper_prob, high, x)
+            )
+        if self.noise_std > 0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + self.noise_std * noise
+        return x
+
+    def loss_terms(self, x: Tensor, stage: Stage) -> dict[str, Tensor]:
+        if stage == "train":
+            recon = self.reconstruction_loss(self.decoder(self.encode(self.corrupt(x))), x)
+            return {"loss": recon, "recon": recon}
+        clean = self.reconstruction_loss(self.decoder(self.encode(x)), x)
+        corrupted_input = self.corrupt(x, self._eval_generator)
+        corrupted = self.reconstruction_loss(self.decoder(self.encode(corrupted_input)), x)
+        return {"loss": clean, "recon": clean, "recon_corrupted": corrupted}
+
+    def _reset_eval_generator(self) -> None:
+        self._eval_generator = torch.Generator(device=self.device).manual_seed(EVAL_CORRUPTION_SEED)
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_eval_generator()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_eval_generator()
