@@ -1,0 +1,163 @@
+"""LightningDataModule for the torchvision MNIST family: MNIST, Fashion-MNIST and KMNIST."""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torchvision.datasets
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+from torchvision.datasets.utils import check_integrity
+
+from ae_lightning.data.datasets import ImageTensorDataset, binarize_once
+from ae_lightning.data.idx import check_split
+from ae_lightning.errors import ConfigError, DataError
+from ae_lightning.value_range import check_value_range
+
+DatasetName = Literal["MNIST", "FashionMNIST", "KMNIST"]
+Split = Literal["train", "val", "test"]
+
+
+class MNISTDataModule(LightningDataModule):
+    """MNIST, Fashion-MNIST or KMNIST (28x28 grayscale, 10 classes) from torchvision's files, with a seeded
+    train/val split of the 60000 training images; the 10000 test images are the test and predict set.
+
+    Args:
+        dataset: which dataset: `MNIST`, `FashionMNIST` or `KMNIST`.
+        data_dir: folder that holds `<dataset>/raw/` with the four IDX files (`.gz` or extracted).
+        batch_size: images per batch on each device (under DDP the global batch is batch_size x devices).
+        num_workers: DataLoader worker processes (0 reads in the main process).
+        val_size: how many training images are held out for validation.
+        split_seed: seed of the train/val split (the same seed gives the same split on every machine).
+        value_range: range the pixels are scaled to, [-1, 1] or [0, 1].
+        binarize: binarise the images: training images are drawn afresh at every read (dynamic binarisation),
+            validation and test images once, with a fixed seed, so their losses compare across epochs.
+        download: download missing files in `prepare_data`; false fails at once when files are missing.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "MNIST",
+        data_dir: str | Path = "data",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_size: int = 5000,
+        split_seed: int = 42,
+        value_range: Sequence[float] = (0.0, 1.0),
+        binarize: bool = False,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        if dataset not in ("MNIST", "FashionMNIST", "KMNIST"):
+            raise ConfigError(f"dataset must be MNIST, FashionMNIST or KMNIST, got {dataset!r}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        if val_size < 1:
+            raise ConfigError(f"val_size must be at least 1 image, got {val_size}")
+        value_range = list(check_value_range(value_range))  # hparams hold lists, as YAML does
+        self.save_hyperparameters()
+        self.dataset_class: type[torchvision.datasets.MNIST] = getattr(torchvision.datasets, dataset)
+        self.data_dir = Path(data_dir)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        #: read by the CLI, which hands both to the model
+        self.image_shape: tuple[int, int, int] = (1, 28, 28)
+        self.value_range: tuple[float, float] = tuple(value_range)
+        self.datasets: dict[Split, ImageTensorDataset] = {}
+
+    @property
+    def raw_folder(self) -> Path:
+        """The folder torchvision reads the IDX files from: `<data_dir>/<dataset>/raw`."""
+        return self.data_dir / self.dataset_class.__name__ / "raw"
+
+    def _extracted_files(self, prefix: str) -> tuple[Path, Path]:
+        """(images, labels) IDX files of the `train` or `t10k` split."""
+        return (
+            self.raw_folder / f"{prefix}-images-idx3-ubyte",
+            self.raw_folder / f"{prefix}-labels-idx1-ubyte",
+        )
+
+    def prepare_data(self) -> None:
+        """Downloads (or extracts already downloaded `.gz` files) when the extracted files are missing."""
+        needed = [*self._extracted_files("train"), *self._extracted_files("t10k")]
+        if all(path.is_file() for path in needed):
+            return
+        if not self.hparams.download:
+            raise DataError(self._missing_files_message("download is off (--data.download false)"))
+        try:
+            for train in (True, False):
+                self.dataset_class(str(self.data_dir), train=train, download=True)
+        except (OSError, RuntimeError) as err:
+            reason = " ".join(str(err).split())
+            raise DataError(self._missing_files_message(f"the download failed: {reason}")) from err
+
+    def _missing_files_message(self, reason: str) -> str:
+        """What is missing, why it was not fetched, and where the files belong."""
+        names = [name for name, _ in self.dataset_class.resources]
+        corrupt = [
+            name
+            for name, md5 in self.dataset_class.resources
+            if (self.raw_folder / name).is_file() and not check_integrity(str(self.raw_folder / name), md5)
+        ]
+        message = (
+            f"{self.hparams.dataset} files are missing from {self.raw_folder.resolve()} and {reason}. "
+            f"Put the four files {', '.join(names)} in that folder (or point --data.data_dir at the folder "
+            f"that holds {self.dataset_class.__name__}/raw/), then run again."
+        )
+        if corrupt:
+            message += f" These are there but corrupt (checksum mismatch), replace them: {', '.join(corrupt)}."
+        return message
+
+    def setup(self, stage: str) -> None:
+        """Loads the images as uint8 tensors and makes the seeded train/val split (every rank does this)."""
+        if self.datasets:
+            return
+        for prefix in ("train", "t10k"):
+            images, labels = self._extracted_files(prefix)
+            if not (images.is_file() and labels.is_file()):
+                raise DataError(self._missing_files_message("prepare_data did not provide them"))
+            check_split(images, labels)
+        train = self.dataset_class(str(self.data_dir), train=True)
+        test = self.dataset_class(str(self.data_dir), train=False)
+        val_size = self.hparams.val_size
+        if val_size >= len(train.data):
+            raise ConfigError(
+                f"val_size {val_size} leaves no training images: the training file holds {len(train.data)}"
+            )
+        order = torch.randperm(len(train.data), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+        splits = {
+            "train": (train.data[order[val_size:]], train.targets[order[val_size:]]),
+            "val": (train.data[order[:val_size]], train.targets[order[:val_size]]),
+            "test": (test.data, test.targets),
+        }
+        for seed, (split, (images, labels)) in enumerate(splits.items()):
+            images = images.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
+            dynamic = self.hparams.binarize and split == "train"
+            if self.hparams.binarize and split != "train":
+                images = binarize_once(images, seed=self.hparams.split_seed + seed)
+            self.datasets[split] = ImageTensorDataset(images, labels, self.value_range, binarize=dynamic)
+
+    def _loader(self, split: Split, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
