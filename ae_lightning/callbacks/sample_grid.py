@@ -1,0 +1,159 @@
+"""A ModelCheckpoint that writes, next to each checkpoint `X.ckpt`, a PNG `X.png` of what the model does."""
+
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torchvision.utils import make_grid, save_image
+
+from ae_lightning.models.base import images_of
+from ae_lightning.value_range import to_unit_interval
+
+#: gap, in pixels, between the reconstruction block and the sample block of a grid
+_BLOCK_GAP = 6
+
+
+def grid_path(checkpoint_path: str | Path) -> str:
+    """`dir/X.ckpt` -> `dir/X.png`."""
+    return str(Path(checkpoint_path).with_suffix(".png"))
+
+
+class SampleGridCheckpoint(ModelCheckpoint):
+    """Saves checkpoints like ModelCheckpoint and, with each `X.ckpt`, a PNG `X.png`: rows of fixed
+    validation images, each above its reconstruction, and for generative models (those with a `sample`
+    method) a block of images decoded from fixed prior noise, so grids compare across epochs. The grid is
+    also handed to the attached loggers that take images. Written on global rank zero only; a grid goes
+    when its checkpoint is removed.
+
+    Args:
+        num_images: how many validation images (the first of the validation set) to show.
+        num_samples: how many prior samples to show (generative models only).
+        nrow: images per row.
+        sample_seed: seed of the fixed prior noise.
+        monitor, mode, save_top_k, save_last, filename, auto_insert_metric_name, **kwargs:
+            as in ModelCheckpoint (defaults: keep the 3 best by `val/loss`, and `last`).
+    """
+
+    def __init__(
+        self,
+        num_images: int = 16,
+        num_samples: int = 32,
+        nrow: int = 8,
+        sample_seed: int = 0,
+        monitor: str | None = "val/loss",
+        mode: str = "min",
+        save_top_k: int = 3,
+        save_last: bool | Literal["link"] | None = True,
+        filename: str | None = "epoch={epoch}-step={step}-val_loss={val/loss:.2f}",
+        auto_insert_metric_name: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            monitor=monitor,
+            mode=mode,
+            save_top_k=save_top_k,
+            save_last=save_last,
+            filename=filename,
+            # a metric name with "/" inserted in a file name would make a sub-folder
+            auto_insert_metric_name=auto_insert_metric_name,
+            **kwargs,
+        )
+        if num_images < 1 or num_samples < 0 or nrow < 1:
+            raise ValueError(
+                "need num_images >= 1, num_samples >= 0 and nrow >= 1, "
+                f"got {num_images}, {num_samples} and {nrow}"
+            )
+        self.num_images = num_images
+        self.num_samples = num_samples
+        self.nrow = nrow
+        self.sample_seed = sample_seed
+        self._fixed_images: Tensor | None = None
+        self._last_grid: tuple[int, str] | None = None  # (global step, path) of the grid written last
+
+    def _save_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            self._write_grid(trainer, trainer.lightning_module, grid_path(filepath))
+
+    def _remove_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        if trainer.is_global_zero and self._fs.exists(grid_path(filepath)):
+            self._fs.rm(grid_path(filepath))
+
+    @staticmethod
+    def _link_checkpoint(trainer: "pl.Trainer", filepath: str, linkpath: str) -> None:
+        # save_last="link": `last.png` links to the grid of the checkpoint `last.ckpt` links to
+        ModelCheckpoint._link_checkpoint(trainer, filepath, linkpath)
+        ModelCheckpoint._link_checkpoint(trainer, grid_path(filepath), grid_path(linkpath))
+
+    def _write_grid(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", path: str) -> None:
+        step = trainer.global_step
+        if self._last_grid is not None and self._last_grid[0] == step and self._fs.exists(self._last_grid[1]):
+            # same weights as the grid just written (e.g. `last.ckpt` beside a top-k checkpoint): copy it
+            self._fs.copy(self._last_grid[1], path)
+        else:
+            grid = self.render(trainer, pl_module)
+            with self._fs.open(path, "wb") as file:
+                save_image(grid, file, format="png")
+            self._log_grid(trainer, grid)
+        self._last_grid = (step, path)
+
+    @torch.no_grad()
+    def render(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Tensor:
+        """The grid as a (3, H, W) image in [0, 1]."""
+        images = self.fixed_images(trainer)
+        value_range = getattr(pl_module, "value_range", (0.0, 1.0))
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            dtype = next(pl_module.parameters()).dtype
+            x = images.to(pl_module.device, dtype)
+            recon = pl_module(x).float().cpu()
+            blank = torch.full_like(images[:1], value_range[0])
+            rows = []
+            for start in range(0, len(images), self.nrow):
+                for block in (images, recon):
+                    row = block[start : start + self.nrow]
+                    rows.append(torch.cat([row, blank.expand(self.nrow - len(row), *row.shape[1:])]))
+            blocks = [make_grid(torch.cat(rows), nrow=self.nrow, pad_value=1.0)]
+            if self.num_samples and callable(getattr(pl_module, "sample", None)):
+                generator = torch.Generator().manual_seed(self.sample_seed)
+                samples = pl_module.sample(self.num_samples, generator=generator).float().cpu()
+                blocks.append(make_grid(samples, nrow=self.nrow, pad_value=1.0))
+        finally:
+            pl_module.train(was_training)
+        blocks = [to_unit_interval(block, value_range) for block in blocks]
+        gap = torch.ones(3, _BLOCK_GAP, blocks[0].shape[2])
+        parts = [blocks[0]]
+        for block in blocks[1:]:
+            parts += [gap, block]
+        return torch.cat(parts, dim=1)
+
+    def fixed_images(self, trainer: "pl.Trainer") -> Tensor:
+        """The first `num_images` images of the validation set (of the training set when there is none),
+        read once and kept, so every grid shows the same images whatever the sampler or world size."""
+        if self._fixed_images is None:
+            loaders = trainer.val_dataloaders or trainer.train_dataloader
+            loader: DataLoader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+            dataset = loader.dataset
+            count = min(self.num_images, len(dataset))
+            self._fixed_images = torch.stack([images_of(dataset[i]) for i in range(count)]).float()
+        return self._fixed_images
+
+    def _log_grid(self, trainer: "pl.Trainer", grid: Tensor) -> None:
+        """Hands the grid to every attached logger that takes images."""
+        image = (
+            grid.mul(255).round().to(torch.uint8)
+        )  # loggers differ in how they scale floats; bytes are safe
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("samples/grid", image, global_step=trainer.global_step)
+            elif callable(getattr(logger, "log_image", None)):
+                logger.log_image(
+                    key="samples/grid", images=[image.permute(1, 2, 0).numpy()], step=trainer.global_step
+                )

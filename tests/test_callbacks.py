@@ -1,0 +1,97 @@
+"""SampleGridCheckpoint: a PNG beside every checkpoint, of fixed images, gone with its checkpoint."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from ae_lightning.callbacks import SampleGridCheckpoint
+from ae_lightning.data import MNISTDataModule
+from ae_lightning.models import AE, VAE
+from tests.conftest import VAL_SIZE, read_png
+
+
+def grid_size(images: int, samples: int = 0, nrow: int = 8, side: int = 28) -> tuple[int, int]:
+    """(height, width) of a grid: input/reconstruction row pairs, then a 6-pixel gap and the samples."""
+    cell = side + 2  # make_grid pads 2 pixels
+    rows = 2 * -(-images // nrow)
+    height = rows * cell + 2
+    if samples:
+        height += 6 + -(-samples // nrow) * cell + 2
+    return height, nrow * cell + 2
+
+
+def fit(tmp_path: Path, data_dir: Path, model, callback: SampleGridCheckpoint, epochs: int = 2) -> Trainer:
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        logger=TensorBoardLogger(tmp_path, name="run"),
+        callbacks=[callback],
+        max_epochs=epochs,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
+    trainer.fit(
+        model,
+        MNISTDataModule(data_dir=data_dir, val_size=VAL_SIZE, batch_size=16, value_range=model.value_range),
+    )
+    return trainer
+
+
+def test_every_checkpoint_has_its_grid_and_loses_it_with_it(tmp_path: Path, data_dir: Path) -> None:
+    callback = SampleGridCheckpoint(monitor=None, save_top_k=1, save_last=False, filename="epoch={epoch}")
+    fit(tmp_path, data_dir, AE(latent_dim=4, hidden_dims=[32]), callback)
+    folder = Path(callback.dirpath)
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=1.ckpt", "epoch=1.png"]  # epoch=0.* removed
+
+
+def test_grid_shows_fixed_images_above_reconstructions_and_prior_samples(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    callback = SampleGridCheckpoint(
+        monitor=None, save_top_k=-1, save_last=True, num_images=12, num_samples=16, filename="epoch={epoch}"
+    )
+    trainer = fit(tmp_path, data_dir, VAE(latent_dim=4, hidden_dims=[32]), callback)
+    folder = Path(callback.dirpath)
+    ckpts = sorted(folder.glob("*.ckpt"))
+    assert [p.stem for p in ckpts] == ["epoch=0", "epoch=1", "last"]
+    grids = [read_png(p.with_suffix(".png")) for p in ckpts]
+    for grid in grids:
+        assert grid.shape == (3, *grid_size(images=12, samples=16))
+    cell = 30
+    inputs = lambda grid: torch.cat([grid[:, 0 : cell + 2], grid[:, 2 * cell : 3 * cell + 2]], 1)  # noqa: E731
+    recons = lambda grid: grid[:, cell : 2 * cell + 2]  # noqa: E731
+    assert torch.equal(inputs(grids[0]), inputs(grids[1]))  # the same images every time
+    assert not torch.equal(recons(grids[0]), recons(grids[1]))  # what the model made of them changed
+    assert torch.equal(grids[1], grids[2])  # last.ckpt holds the weights of epoch 1
+    # the inputs are the first validation images, in order
+    first = trainer.datamodule.datasets["val"][0][0]
+    torch.testing.assert_close(inputs(grids[0])[0, 2:30, 2:30].float() / 255, first[0], atol=1 / 255, rtol=0)
+
+
+def test_grid_goes_to_tensorboard_once_per_step(tmp_path: Path, data_dir: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    callback = SampleGridCheckpoint(monitor=None, save_top_k=-1, save_last=True)
+    trainer = fit(tmp_path, data_dir, AE(latent_dim=4, hidden_dims=[32]), callback)
+    events = EventAccumulator(trainer.log_dir, size_guidance={"images": 0}).Reload()
+    images = events.Images("samples/grid")
+    assert [image.step for image in images] == [5, 10]
+    assert (images[0].height, images[0].width) == grid_size(images=16)
+
+
+def test_last_link_links_the_grid_too(tmp_path: Path, data_dir: Path) -> None:
+    callback = SampleGridCheckpoint(monitor="val/loss", save_top_k=1, save_last="link")
+    fit(tmp_path, data_dir, AE(latent_dim=4, hidden_dims=[32]), callback, epochs=1)
+    last_png = Path(callback.dirpath) / "last.png"
+    assert last_png.is_symlink()
+    assert last_png.resolve() == Path(callback.best_model_path).with_suffix(".png").resolve()
+
+
+@pytest.mark.parametrize("kwargs", [{"num_images": 0}, {"nrow": 0}, {"num_samples": -1}])
+def test_bad_grid_arguments_are_refused(kwargs) -> None:
+    with pytest.raises(ValueError, match="need num_images >= 1"):
+        SampleGridCheckpoint(**kwargs)
