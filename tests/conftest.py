@@ -64,3 +64,13 @@ def read_png(path: Path) -> torch.Tensor:
 def linear_shapes(net: torch.nn.Module) -> list[tuple[int, int]]:
     """(in_features, out_features) of every Linear layer of `net`, in order."""
     return [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def grid_size(images: int, samples: int = 0, rows_per_image: int = 2, nrow: int = 8) -> tuple[int, int]:
+    """(height, width) of a sample grid of 28x28 images: `rows_per_image` rows for each row of `nrow`
+    images (input, reconstruction, ...), then a 6-pixel gap and the samples. make_grid pads by 2 pixels."""
+    cell = 28 + 2
+    height = rows_per_image * -(-images // nrow) * cell + 2
+    if samples:
+        height += 6 + -(-samples // nrow) * cell + 2
+    return height, nrow * cell + 2

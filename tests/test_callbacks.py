@@ -9,18 +9,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ae_lightning.callbacks import SampleGridCheckpoint
 from ae_lightning.data import MNISTDataModule
-from ae_lightning.models import AE, VAE
-from tests.conftest import VAL_SIZE, read_png
-
-
-def grid_size(images: int, samples: int = 0, nrow: int = 8, side: int = 28) -> tuple[int, int]:
-    """(height, width) of a grid: input/reconstruction row pairs, then a 6-pixel gap and the samples."""
-    cell = side + 2  # make_grid pads 2 pixels
-    rows = 2 * -(-images // nrow)
-    height = rows * cell + 2
-    if samples:
-        height += 6 + -(-samples // nrow) * cell + 2
-    return height, nrow * cell + 2
+from ae_lightning.models import AE, VAE, DenoisingAE
+from tests.conftest import VAL_SIZE, grid_size, read_png
 
 
 def fit(tmp_path: Path, data_dir: Path, model, callback: SampleGridCheckpoint, epochs: int = 2) -> Trainer:
@@ -95,3 +85,17 @@ def test_last_link_links_the_grid_too(tmp_path: Path, data_dir: Path) -> None:
 def test_bad_grid_arguments_are_refused(kwargs) -> None:
     with pytest.raises(ValueError, match="need num_images >= 1"):
         SampleGridCheckpoint(**kwargs)
+
+
+def test_denoising_grid_adds_fixed_corrupted_images_and_their_reconstructions(tmp_path, data_dir) -> None:
+    callback = SampleGridCheckpoint(monitor=None, save_top_k=-1, save_last=False, num_images=8)
+    fit(tmp_path, data_dir, DenoisingAE(latent_dim=4, hidden_dims=[32], mask_prob=0.5, noise_std=0), callback)
+    grids = [read_png(p) for p in sorted(Path(callback.dirpath).glob("*.png"))]
+    assert len(grids) == 2 and grids[0].shape == (3, *grid_size(8, rows_per_image=4))
+    cell = 30
+    row = lambda grid, i: grid[:, i * cell + 2 : (i + 1) * cell]  # noqa: E731
+    clean, corrupted = row(grids[0], 0), row(grids[0], 2)
+    assert torch.equal(corrupted, row(grids[1], 2))  # the same corruption every time
+    # masking only darkens: every corrupted pixel is the clean one or black, and many are black
+    assert ((corrupted == clean) | (corrupted == 0)).all()
+    assert (corrupted < clean).float().mean() > 0.1

@@ -25,7 +25,8 @@ def grid_path(checkpoint_path: str | Path) -> str:
 
 class SampleGridCheckpoint(ModelCheckpoint):
     """Saves checkpoints like ModelCheckpoint and, with each `X.ckpt`, a PNG `X.png`: rows of fixed
-    validation images, each above its reconstruction, and for generative models (those with a `sample`
+    validation images, each above its reconstruction (denoising models add a row of the images corrupted
+    with a fixed seed and a row of their reconstructions), and for generative models (those with a `sample`
     method) a block of images decoded from fixed prior noise, so grids compare across epochs. The grid is
     also handed to the attached loggers that take images. Written on global rank zero only; a grid goes
     when its checkpoint is removed.
@@ -111,28 +112,38 @@ class SampleGridCheckpoint(ModelCheckpoint):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            dtype = next(pl_module.parameters()).dtype
-            x = images.to(pl_module.device, dtype)
-            recon = pl_module(x).float().cpu()
+            sources = self._rows_per_image(pl_module, images)
             blank = torch.full_like(images[:1], value_range[0])
             rows = []
             for start in range(0, len(images), self.nrow):
-                for block in (images, recon):
-                    row = block[start : start + self.nrow]
+                for source in sources:
+                    row = source[start : start + self.nrow]
                     rows.append(torch.cat([row, blank.expand(self.nrow - len(row), *row.shape[1:])]))
-            blocks = [make_grid(torch.cat(rows), nrow=self.nrow, pad_value=1.0)]
+            blocks = [torch.cat(rows)]
             if self.num_samples and callable(getattr(pl_module, "sample", None)):
                 generator = torch.Generator().manual_seed(self.sample_seed)
-                samples = pl_module.sample(self.num_samples, generator=generator).float().cpu()
-                blocks.append(make_grid(samples, nrow=self.nrow, pad_value=1.0))
+                blocks.append(pl_module.sample(self.num_samples, generator=generator).float().cpu())
         finally:
             pl_module.train(was_training)
-        blocks = [to_unit_interval(block, value_range) for block in blocks]
-        gap = torch.ones(3, _BLOCK_GAP, blocks[0].shape[2])
-        parts = [blocks[0]]
-        for block in blocks[1:]:
-            parts += [gap, block]
+        grids = [
+            to_unit_interval(make_grid(block, nrow=self.nrow, pad_value=1.0), value_range) for block in blocks
+        ]
+        gap = torch.ones(3, _BLOCK_GAP, grids[0].shape[2])
+        parts = [grids[0]]
+        for grid in grids[1:]:
+            parts += [gap, grid]
         return torch.cat(parts, dim=1)
+
+    def _rows_per_image(self, pl_module: "pl.LightningModule", images: Tensor) -> list[Tensor]:
+        """What the grid shows of each fixed image, one row each: the image and its reconstruction, and for
+        denoising models (those with a `corrupt` method) a corrupted copy and its reconstruction too."""
+        x = images.to(pl_module.device, next(pl_module.parameters()).dtype)
+        rows = [images, pl_module(x).float().cpu()]
+        if callable(getattr(pl_module, "corrupt", None)):
+            generator = torch.Generator(device=x.device).manual_seed(self.sample_seed)
+            corrupted = pl_module.corrupt(x, generator)
+            rows += [corrupted.float().cpu(), pl_module(corrupted).float().cpu()]
+        return rows
 
     def fixed_images(self, trainer: "pl.Trainer") -> Tensor:
         """The first `num_images` images of the validation set (of the training set when there is none),
