@@ -1,0 +1,61 @@
+"""The command line: LightningCLI, with the model picked by `class_path` and fitted to the data."""
+
+import sys
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from ae_lightning.checkpoints import check_checkpoint
+from ae_lightning.errors import AELightningError
+from ae_lightning.models import AutoencoderBase
+
+
+class AutoencoderCLI(LightningCLI):
+    """LightningCLI for autoencoders: the datamodule tells the model its image shape and value range."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # one source of truth: the data decides the shape and range, the model is built for them
+        # (as lists, the form both hold in their hparams, which Lightning requires to be equal)
+        for name in ("image_shape", "value_range"):
+            parser.link_arguments(
+                f"data.{name}", f"model.init_args.{name}", compute_fn=list, apply_on="instantiate"
+            )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        # before LightningCLI reads the checkpoint's hyperparameters and before any run folder is made
+        if ckpt_path:
+            check_checkpoint(ckpt_path)
+
+
+def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
+    """Entry point of `python cli.py`: runs a subcommand, or exits with a one-line error for bad input.
+
+    With `run=False` it only parses `args` (no subcommand) and builds the trainer, model and datamodule.
+    """
+    try:
+        return AutoencoderCLI(
+            AutoencoderBase,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,  # the model takes its optimizer as an argument
+            args=args,
+            run=run,
+        )
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        sys.exit(f"error: {user_error}")
+
+
+def _user_error(err: BaseException | None) -> AELightningError | None:
+    """The AELightningError behind `err`, if any (jsonargparse wraps errors raised while instantiating)."""
+    while err is not None:
+        if isinstance(err, AELightningError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None

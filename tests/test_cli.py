@@ -1,0 +1,215 @@
+"""The command line, driven through its real entry point with argument lists, as a user types them."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ae_lightning.cli import main
+from tests.conftest import CONFIGS, NUM_TEST, REPO, VAL_SIZE, grid_size, linear_shapes, read_png
+
+RUNNABLE = ("ae", "dae", "vae")
+
+
+def tiny(data_dir: Path) -> list[str]:
+    """Flags that shrink a config to the tiny dataset and a few batches on the CPU."""
+    return [
+        f"--data.data_dir={data_dir}",
+        f"--data.val_size={VAL_SIZE}",
+        "--data.batch_size=16",
+        "--trainer.max_epochs=1",
+        "--trainer.accelerator=cpu",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+    ]
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Runs the test in an empty folder, so `runs/` lands there as it would for a user."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_folder(root: Path, name: str, version: int = 0) -> Path:
+    return root / "runs" / name / f"version_{version}"
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_config_fits_then_tests_and_predicts_from_its_checkpoint(
+    name: str, data_dir: Path, in_tmp: Path
+) -> None:
+    config = str(CONFIGS / f"{name}.yaml")
+    fitted = main(["fit", "--config", config, *tiny(data_dir)])
+
+    run = run_folder(in_tmp, name)
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # the resolved config, in the run folder
+    assert saved["model"]["class_path"] == yaml.safe_load(Path(config).read_text())["model"]["class_path"]
+    assert saved["data"]["init_args"]["data_dir"] == str(data_dir)
+    ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert [p.name for p in ckpts] == [
+        f"epoch=0-step=5-val_loss={fitted.trainer.callback_metrics['val/loss']:.2f}.ckpt",
+        "last.ckpt",
+    ]
+    model = fitted.model
+    generative = callable(getattr(model, "sample", None))
+    # 16 images in rows of 8 over their reconstructions (and corrupted copies), 32 samples for the VAE
+    size = grid_size(16, samples=32 if generative else 0, rows_per_image=4 if name == "dae" else 2)
+    for ckpt in ckpts:
+        assert read_png(ckpt.with_suffix(".png")).shape == (3, *size)
+    for metric in ("train/loss", "val/loss", "val/recon") + (("val/kl",) if generative else ()):
+        assert torch.isfinite(fitted.trainer.logged_metrics[metric])
+
+    # a reloaded checkpoint gives the same outputs
+    reloaded = type(model).load_from_checkpoint(ckpts[-1])
+    x = torch.stack([fitted.datamodule.datasets["val"][i][0] for i in range(8)])
+    torch.testing.assert_close(reloaded.eval()(x), model.eval()(x))
+
+    tested = main(["test", "--config", config, *tiny(data_dir), "--ckpt_path", str(ckpts[-1])])
+    metrics = tested.trainer.callback_metrics
+    assert {"test/loss", "test/recon"} <= set(metrics)
+    if name != "vae":  # deterministic models: the CLI's test loss is that of the checkpoint's weights
+        with torch.no_grad():
+            recon = [reloaded.loss_terms(x, "test")["recon"] for x, _ in fitted.datamodule.test_dataloader()]
+        torch.testing.assert_close(metrics["test/recon"], torch.cat(recon).mean())
+
+    predicted = main(["predict", "--config", config, *tiny(data_dir), "--ckpt_path", str(ckpts[-1])])
+    batches = predicted.trainer.predict_loop.predictions
+    latents = torch.cat([batch["latent"] for batch in batches])
+    scores = torch.cat([batch["anomaly_score"] for batch in batches])
+    assert latents.shape == (NUM_TEST, model.latent_dim) and scores.shape == (NUM_TEST,)
+    assert torch.equal(
+        torch.cat([batch["label"] for batch in batches]), fitted.datamodule.datasets["test"].labels
+    )
+
+
+def test_reference_vae_config_builds_the_reference_model(data_dir: Path, in_tmp: Path) -> None:
+    """configs/vae.yaml: 784-400-(20 mu, 20 logvar), 20-400-784 tanh, data in [-1, 1], Adam 1e-3,
+    batch 128."""
+    cli = main(["--config", str(CONFIGS / "vae.yaml")], run=False)
+    model, datamodule = cli.model, cli.datamodule
+    assert linear_shapes(model.encoder) == [(784, 400), (400, 40)]  # the last layer gives mu and logvar
+    assert linear_shapes(model.decoder) == [(20, 400), (400, 784)]
+    assert sum(p.numel() for p in model.parameters()) == 652_824  # as pytorch/examples' VAE
+    assert model.value_range == datamodule.value_range == (-1.0, 1.0)
+    assert model.likelihood == "gaussian" and model.beta == 1.0
+    torch.testing.assert_close(
+        model.output_mean(torch.tensor([-30.0, 0.0, 30.0])), torch.tensor([-1.0, 0.0, 1.0])
+    )
+    optimizer = model.configure_optimizers()
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults["lr"] == 1e-3
+    assert datamodule.batch_size == 128 and datamodule.hparams.dataset == "MNIST"
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture) -> None:
+    """Runnable configs parse alone; fragments in sub-folders parse on top of vae.yaml."""
+    base = [] if config.parent == CONFIGS else ["--config", str(CONFIGS / "vae.yaml")]
+    with pytest.raises(SystemExit) as done:
+        main(["fit", *base, "--config", str(config), "--print_config"])
+    assert done.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("ae_lightning.models.")
+
+
+@pytest.mark.parametrize(
+    "config, flag, message",
+    [
+        ("dae", "--model.noise_std=-0.1", "noise_std must be >= 0"),
+        ("vae", "--model.latent_dim=0", "latent_dim must be a positive number"),
+        ("ae", "--model.latent_dim=784", "AE needs latent_dim < the input size 784"),
+        ("vae", "--model.likelihood=bernoulli", r"bernoulli.*data is in \[-1.0, 1.0\]"),
+        ("vae", "--data.batch_size=0", "batch_size must be at least 1"),
+    ],
+)
+def test_bad_values_exit_with_one_clear_line_before_anything_runs(
+    config: str, flag: str, message: str, data_dir: Path, in_tmp: Path
+) -> None:
+    with pytest.raises(SystemExit) as error:
+        main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), *tiny(data_dir), flag])
+    assert str(error.value.code).startswith("error: ")
+    assert re.search(message, str(error.value.code))
+    assert not (in_tmp / "runs").exists()  # nothing was started or written
+
+
+def test_unknown_class_path_is_a_parse_error_naming_it(capsys: pytest.CaptureFixture, in_tmp: Path) -> None:
+    with pytest.raises(SystemExit) as error:
+        main(["fit", "--config", str(CONFIGS / "vae.yaml"), "--model", "ae_lightning.models.VQVAE3000"])
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert "ae_lightning.models.VQVAE3000" in err and "has no attribute 'VQVAE3000'" in err
+    assert not (in_tmp / "runs").exists()
+
+
+@pytest.fixture
+def fitted_ckpt(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """last.ckpt of a tiny AE run."""
+    root = tmp_path_factory.mktemp("fitted")
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "ae.yaml"),
+            *tiny(data_dir),
+            f"--trainer.logger.init_args.save_dir={root}",
+        ]
+    )
+    return root / "ae" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize(
+    "make_ckpt, message",
+    [
+        (lambda good, tmp: tmp / "missing.ckpt", "no such file"),
+        (lambda good, tmp: tmp, "no such file \\(it is a folder\\)"),
+        (
+            lambda good, tmp: _write(tmp / "cut.ckpt", good.read_bytes()[:4000]),
+            "not the zip archive torch.save writes",
+        ),
+        (lambda good, tmp: _write(tmp / "junk.ckpt", b"hello"), "not the zip archive torch.save writes"),
+        (lambda good, tmp: _save(tmp / "weights.pt", {"w": torch.ones(2)}), "not a Lightning checkpoint"),
+    ],
+    ids=["missing", "folder", "truncated", "junk", "not-lightning"],
+)
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_bad_checkpoint_path_is_refused_before_anything_runs(
+    subcommand: str, make_ckpt, message: str, fitted_ckpt: Path, data_dir: Path, in_tmp: Path
+) -> None:
+    bad = make_ckpt(fitted_ckpt, in_tmp)
+    before = fitted_ckpt.read_bytes()
+    with pytest.raises(SystemExit) as error:
+        main([subcommand, "--config", str(CONFIGS / "ae.yaml"), *tiny(data_dir), "--ckpt_path", str(bad)])
+    assert re.search(message, str(error.value.code))
+    assert str(bad) in str(error.value.code)
+    assert not (in_tmp / "runs").exists()
+    assert fitted_ckpt.read_bytes() == before
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _save(path: Path, obj: object) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def test_missing_data_is_one_clear_error_from_the_real_command(tmp_path: Path) -> None:
+    """`python cli.py fit` as a user runs it, offline with no data: exit 1, one message, no traceback."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "fit", "--config", str(CONFIGS / "vae.yaml"),
+         "--data.data_dir", str(tmp_path / "data"), "--data.download", "false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: MNIST files are missing from " + str(tmp_path / "data" / "MNIST" / "raw"))
+    assert "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz" in error
