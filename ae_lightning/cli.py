@@ -1,6 +1,7 @@
 """The command line: LightningCLI, with the model picked by `class_path` and fitted to the data."""
 
 import sys
+import warnings
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -35,6 +36,8 @@ def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
 
     With `run=False` it only parses `args` (no subcommand) and builds the trainer, model and datamodule.
     """
+    # Lightning 2.6 calls a torch pytree API that newer torch deprecates, warning on every run
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         return AutoencoderCLI(
             AutoencoderBase,

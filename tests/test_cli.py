@@ -200,6 +200,7 @@ def _save(path: Path, obj: object) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_missing_data_is_one_clear_error_from_the_real_command(tmp_path: Path) -> None:
     """`python cli.py fit` as a user runs it, offline with no data: exit 1, one message, no traceback."""
     result = subprocess.run(

@@ -24,12 +24,13 @@ def grid_path(checkpoint_path: str | Path) -> str:
 
 
 class SampleGridCheckpoint(ModelCheckpoint):
-    """Saves checkpoints like ModelCheckpoint and, with each `X.ckpt`, a PNG `X.png`: rows of fixed
-    validation images, each above its reconstruction (denoising models add a row of the images corrupted
-    with a fixed seed and a row of their reconstructions), and for generative models (those with a `sample`
-    method) a block of images decoded from fixed prior noise, so grids compare across epochs. The grid is
-    also handed to the attached loggers that take images. Written on global rank zero only; a grid goes
-    when its checkpoint is removed.
+    """ModelCheckpoint that writes, next to each checkpoint `X.ckpt`, a PNG grid `X.png`.
+
+    The grid shows rows of fixed validation images, each above its reconstruction (denoising models add a
+    row of the images corrupted with a fixed seed and a row of their reconstructions), and for generative
+    models (those with a `sample` method) a block of images decoded from fixed prior noise, so grids compare
+    across epochs. The grid is also handed to the attached loggers that take images. Written on global rank
+    zero only; a grid goes when its checkpoint is removed.
 
     Args:
         num_images: how many validation images (the first of the validation set) to show.

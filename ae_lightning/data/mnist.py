@@ -20,8 +20,9 @@ Split = Literal["train", "val", "test"]
 
 
 class MNISTDataModule(LightningDataModule):
-    """MNIST, Fashion-MNIST or KMNIST (28x28 grayscale, 10 classes) from torchvision's files, with a seeded
-    train/val split of the 60000 training images; the 10000 test images are the test and predict set.
+    """MNIST, Fashion-MNIST or KMNIST (28x28 grayscale, 10 classes) from torchvision's files.
+
+    A seeded train/val split of the 60000 training images; the 10000 test images are the test and predict set.
 
     Args:
         dataset: which dataset: `MNIST`, `FashionMNIST` or `KMNIST`.
@@ -108,7 +109,9 @@ class MNISTDataModule(LightningDataModule):
             f"that holds {self.dataset_class.__name__}/raw/), then run again."
         )
         if corrupt:
-            message += f" These are there but corrupt (checksum mismatch), replace them: {', '.join(corrupt)}."
+            message += (
+                f" These are there but corrupt (checksum mismatch), replace them: {', '.join(corrupt)}."
+            )
         return message
 
     def setup(self, stage: str) -> None:
@@ -127,7 +130,9 @@ class MNISTDataModule(LightningDataModule):
             raise ConfigError(
                 f"val_size {val_size} leaves no training images: the training file holds {len(train.data)}"
             )
-        order = torch.randperm(len(train.data), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+        order = torch.randperm(
+            len(train.data), generator=torch.Generator().manual_seed(self.hparams.split_seed)
+        )
         splits = {
             "train": (train.data[order[val_size:]], train.targets[order[val_size:]]),
             "val": (train.data[order[:val_size]], train.targets[order[:val_size]]),

@@ -8,7 +8,7 @@ from ae_lightning.models.base import AutoencoderBase
 
 
 class AE(AutoencoderBase):
-    """Undercomplete autoencoder: the code is smaller than the image, so the identity map is out of reach.
+    """Undercomplete autoencoder: a code smaller than the image, so the identity map is out of reach.
 
     Takes the arguments of `AutoencoderBase`.
     """

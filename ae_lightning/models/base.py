@@ -23,8 +23,10 @@ def images_of(batch: Tensor | Sequence[Tensor]) -> Tensor:
 
 
 class AutoencoderBase(LightningModule):
-    """Shared base of every autoencoder: builds encoder and decoder, runs the step of every stage and logs
-    `{stage}/loss` and each loss term. A variant overrides only what is its own (`loss_terms`, `encode`).
+    """Shared base of every autoencoder, and the plain autoencoder's objective.
+
+    Builds encoder and decoder, runs the step of every stage and logs `{stage}/loss` and each loss term.
+    A variant overrides only what is its own (`loss_terms`, `encode`).
 
     Args:
         latent_dim: size of the code.

@@ -15,8 +15,10 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 class VAE(AutoencoderBase):
-    """Variational autoencoder: the encoder gives (mu, logvar) of a diagonal Gaussian posterior, a
-    reparameterised sample is decoded, and the loss is reconstruction + beta * KL to the N(0, I) prior.
+    """Variational autoencoder, with a weight beta on the KL term.
+
+    The encoder gives (mu, logvar) of a diagonal Gaussian posterior, a reparameterised sample is decoded, and
+    the loss is reconstruction + beta * KL to the N(0, I) prior.
 
     Args:
         beta: weight of the KL term (1 gives the ELBO).
