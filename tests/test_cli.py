@@ -146,9 +146,9 @@ def test_unknown_class_path_is_a_parse_error_naming_it(capsys: pytest.CaptureFix
     assert not (in_tmp / "runs").exists()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fitted_ckpt(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """last.ckpt of a tiny AE run."""
+    """last.ckpt of a tiny AE run (data in [0, 1]); tests must leave it as it is."""
     root = tmp_path_factory.mktemp("fitted")
     main(
         [
@@ -188,6 +188,27 @@ def test_bad_checkpoint_path_is_refused_before_anything_runs(
     assert str(bad) in str(error.value.code)
     assert not (in_tmp / "runs").exists()
     assert fitted_ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_a_checkpoint_trained_on_another_value_range_is_refused(
+    subcommand: str, fitted_ckpt: Path, data_dir: Path, in_tmp: Path
+) -> None:
+    """The AE learnt [0, 1] data with a sigmoid output; [-1, 1] data would load the weights under tanh."""
+    args = [
+        subcommand,
+        "--config",
+        str(CONFIGS / "ae.yaml"),
+        *tiny(data_dir),
+        "--ckpt_path",
+        str(fitted_ckpt),
+    ]
+    with pytest.raises(SystemExit) as error:
+        main([*args, "--data.value_range=[-1, 1]"])
+    assert (
+        "trained on data with value_range [0.0, 1.0], but this run's data has [-1.0, 1.0]" in error.value.code
+    )
+    assert "--data.value_range" in error.value.code
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -233,6 +233,7 @@ def test_ae_refuses_a_latent_at_least_as_large_as_the_input(latent_dim) -> None:
         (AE, {"backbone": "conv", "hidden_dims": []}, "at least one for the conv"),
         (AE, {"hidden_dims": [0]}, "hidden_dims must be positive"),
         (AE, {"likelihood": "poisson"}, "likelihood must be"),
+        (AE, {"image_shape": (28, 28)}, r"image_shape must be \(channels, height, width\)"),
     ],
 )
 def test_bad_arguments_are_refused_with_a_clear_message(cls, kwargs, message) -> None:

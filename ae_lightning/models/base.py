@@ -1,7 +1,7 @@
 """The shared base of every autoencoder: network construction, the training step, logging, optimizers."""
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +9,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from ae_lightning.errors import ConfigError
+from ae_lightning.errors import CheckpointError, ConfigError
 from ae_lightning.nets import DEFAULT_HIDDEN_DIMS, Backbone, build_decoder, build_encoder
 from ae_lightning.value_range import check_value_range
 
@@ -68,6 +68,8 @@ class AutoencoderBase(LightningModule):
         # hparams hold lists (as YAML does), so they equal the datamodule's and reload from hparams.yaml
         value_range = list(check_value_range(value_range))
         image_shape = [int(size) for size in image_shape]
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise ConfigError(f"image_shape must be (channels, height, width), got {image_shape}")
         if likelihood == "bernoulli" and value_range != [0.0, 1.0]:
             raise ConfigError(
                 f"likelihood 'bernoulli' models data in [0, 1], but the data is in {value_range}: "
@@ -167,6 +169,18 @@ class AutoencoderBase(LightningModule):
         if not isinstance(batch, Tensor) and len(batch) > 1:
             prediction["label"] = batch[1]
         return prediction
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuses weights trained for other data: the same layers would load, but the output activation or
+        the meaning of the pixels would silently differ."""
+        trained = checkpoint.get("hyper_parameters", {})
+        for name, flag in (("value_range", "--data.value_range"), ("image_shape", "the data")):
+            current = list(getattr(self, name))
+            if name in trained and list(trained[name]) != current:
+                raise CheckpointError(
+                    f"the checkpoint was trained on data with {name} {list(trained[name])}, but this run's "
+                    f"data has {current}: set {flag} as in the run that made the checkpoint (its config.yaml)"
+                )
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
