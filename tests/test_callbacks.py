@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ae_lightning.callbacks import SampleGridCheckpoint
 from ae_lightning.data import MNISTDataModule
+from ae_lightning.errors import ConfigError
 from ae_lightning.models import AE, VAE, DenoisingAE
 from tests.conftest import VAL_SIZE, grid_size, read_png
 
@@ -83,7 +84,7 @@ def test_last_link_links_the_grid_too(tmp_path: Path, data_dir: Path) -> None:
 
 @pytest.mark.parametrize("kwargs", [{"num_images": 0}, {"nrow": 0}, {"num_samples": -1}])
 def test_bad_grid_arguments_are_refused(kwargs) -> None:
-    with pytest.raises(ValueError, match="need num_images >= 1"):
+    with pytest.raises(ConfigError, match="need num_images >= 1"):
         SampleGridCheckpoint(**kwargs)
 
 

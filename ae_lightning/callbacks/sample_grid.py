@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid, save_image
 
+from ae_lightning.errors import ConfigError
 from ae_lightning.models.base import images_of
 from ae_lightning.value_range import to_unit_interval
 
@@ -66,7 +67,7 @@ class SampleGridCheckpoint(ModelCheckpoint):
             **kwargs,
         )
         if num_images < 1 or num_samples < 0 or nrow < 1:
-            raise ValueError(
+            raise ConfigError(
                 "need num_images >= 1, num_samples >= 0 and nrow >= 1, "
                 f"got {num_images}, {num_samples} and {nrow}"
             )
@@ -150,7 +151,9 @@ class SampleGridCheckpoint(ModelCheckpoint):
         """The first `num_images` images of the validation set (of the training set when there is none),
         read once and kept, so every grid shows the same images whatever the sampler or world size."""
         if self._fixed_images is None:
-            loaders = trainer.val_dataloaders or trainer.train_dataloader
+            loaders = (
+                trainer.val_dataloaders if trainer.val_dataloaders is not None else trainer.train_dataloader
+            )
             loader: DataLoader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
             dataset = loader.dataset
             count = min(self.num_images, len(dataset))
@@ -159,9 +162,8 @@ class SampleGridCheckpoint(ModelCheckpoint):
 
     def _log_grid(self, trainer: "pl.Trainer", grid: Tensor) -> None:
         """Hands the grid to every attached logger that takes images."""
-        image = (
-            grid.mul(255).round().to(torch.uint8)
-        )  # loggers differ in how they scale floats; bytes are safe
+        # loggers differ in how they scale float images; bytes in 0-255 mean the same to all
+        image = grid.mul(255).round().to(torch.uint8)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples/grid", image, global_step=trainer.global_step)
