@@ -56,9 +56,10 @@ def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
 
 
 def _user_error(err: BaseException | None) -> AELightningError | None:
-    """The AELightningError behind `err`, if any (jsonargparse wraps errors raised while instantiating)."""
+    """The AELightningError that `err` is or was directly caused by (jsonargparse re-raises errors from
+    instantiating a class as the cause of its own), if any."""
     while err is not None:
         if isinstance(err, AELightningError):
             return err
-        err = err.__cause__ or err.__context__
+        err = err.__cause__
     return None
