@@ -128,9 +128,13 @@ class AutoencoderBase(LightningModule):
             per_pixel = (self.output_mean(decoder_output) - x).square()
         return per_pixel.flatten(1).sum(1)
 
+    def reconstruction_error(self, inputs: Tensor, target: Tensor) -> Tensor:
+        """Loss of reconstructing `target` from the code of `inputs` (the same or corrupted images): (B,)."""
+        return self.reconstruction_loss(self.decoder(self.encode(inputs)), target)
+
     def loss_terms(self, x: Tensor, stage: Stage) -> dict[str, Tensor]:
         """Per-image loss terms, each (B,); the key `loss` is what is minimised. Variants override this."""
-        recon = self.reconstruction_loss(self.decoder(self.encode(x)), x)
+        recon = self.reconstruction_error(x, x)
         return {"loss": recon, "recon": recon}
 
     # --- Lightning ---

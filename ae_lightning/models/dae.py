@@ -66,11 +66,10 @@ class DenoisingAE(AutoencoderBase):
 
     def loss_terms(self, x: Tensor, stage: Stage) -> dict[str, Tensor]:
         if stage == "train":
-            recon = self.reconstruction_loss(self.decoder(self.encode(self.corrupt(x))), x)
+            recon = self.reconstruction_error(self.corrupt(x), x)
             return {"loss": recon, "recon": recon}
-        clean = self.reconstruction_loss(self.decoder(self.encode(x)), x)
-        corrupted_input = self.corrupt(x, self._eval_generator)
-        corrupted = self.reconstruction_loss(self.decoder(self.encode(corrupted_input)), x)
+        clean = self.reconstruction_error(x, x)
+        corrupted = self.reconstruction_error(self.corrupt(x, self._eval_generator), x)
         return {"loss": clean, "recon": clean, "recon_corrupted": corrupted}
 
     def _reset_eval_generator(self) -> None:
