@@ -7,11 +7,13 @@ from typing import Literal
 import torch
 import torchvision.datasets
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Sampler
 from torchvision.datasets.utils import check_integrity
 
 from ae_lightning.data.datasets import ImageTensorDataset, binarize_once
 from ae_lightning.data.idx import check_split
+from ae_lightning.data.samplers import EpochShuffleSampler, shuffle_seed
 from ae_lightning.errors import ConfigError, DataError
 from ae_lightning.value_range import check_value_range
 
@@ -27,7 +29,8 @@ class MNISTDataModule(LightningDataModule):
     Args:
         dataset: which dataset: `MNIST`, `FashionMNIST` or `KMNIST`.
         data_dir: folder that holds `<dataset>/raw/` with the four IDX files (`.gz` or extracted).
-        batch_size: images per batch on each device (under DDP the global batch is batch_size x devices).
+        batch_size: images per batch on each device: under DDP one optimisation step sees
+            batch_size x devices x num_nodes images (the global batch).
         num_workers: DataLoader worker processes (0 reads in the main process).
         val_size: how many training images are held out for validation.
         split_seed: seed of the train/val split (the same seed gives the same split on every machine).
@@ -145,18 +148,35 @@ class MNISTDataModule(LightningDataModule):
                 images = binarize_once(images, seed=self.hparams.split_seed + seed)
             self.datasets[split] = ImageTensorDataset(images, labels, self.value_range, binarize=dynamic)
 
-    def _loader(self, split: Split, shuffle: bool = False) -> DataLoader:
+    def _loader(self, split: Split) -> DataLoader:
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=self._sampler(split),
+            # each new iterator draws a worker seed from this generator instead of the global stream, which
+            # Lightning creates at other points of a resumed run than of an unbroken one
+            generator=torch.Generator().manual_seed(self.hparams.split_seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
+    def _sampler(self, split: Split) -> Sampler[int] | None:
+        """Training: a shuffle seeded by (seed, epoch), so resuming gives the same order (Lightning swaps in
+        a DistributedSampler under DDP). Validation and test under DDP: each rank takes a disjoint share and
+        no image is repeated to even the shares out, so the logged means are over the whole set exactly."""
+        dataset = self.datasets[split]
+        if split == "train":
+            return EpochShuffleSampler(dataset, seed=shuffle_seed(self.hparams.split_seed))
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1 and split in ("val", "test"):
+            return UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return None
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
