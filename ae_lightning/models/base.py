@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from ae_lightning.errors import CheckpointError, ConfigError
+from ae_lightning.models.rng import RNG_STATES_KEY, rng_states, set_rng_states
 from ae_lightning.nets import DEFAULT_HIDDEN_DIMS, Backbone, build_decoder, build_encoder
 from ae_lightning.value_range import check_value_range
 
@@ -87,6 +88,7 @@ class AutoencoderBase(LightningModule):
         self.decoder = build_decoder(backbone, latent_dim, hidden_dims, self.image_shape)
         # lets the model summary show input and output sizes
         self.example_input_array = torch.zeros(2, *self.image_shape)
+        self._resumed_rng_states: dict[str, Any] | None = None
 
     def _encoder_out_dim(self) -> int:
         """How many numbers the encoder gives per image (a VAE needs two per latent unit)."""
@@ -121,7 +123,11 @@ class AutoencoderBase(LightningModule):
         return torch.sigmoid(decoder_output)
 
     def reconstruction_loss(self, decoder_output: Tensor, x: Tensor) -> Tensor:
-        """Negative log-likelihood of `x` per image (up to constants), summed over pixels: (B,)."""
+        """Negative log-likelihood of `x` per image (up to constants), summed over pixels: (B,).
+
+        Computed in float32 whatever the precision: a sum over 784 pixels in bfloat16 keeps ~3 digits.
+        """
+        decoder_output, x = decoder_output.float(), x.float()
         if self.likelihood == "bernoulli":
             per_pixel = F.binary_cross_entropy_with_logits(decoder_output, x, reduction="none")
         else:
@@ -174,9 +180,22 @@ class AutoencoderBase(LightningModule):
             prediction["label"] = batch[1]
         return prediction
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the random streams (noise of the VAE and the denoiser, dynamic binarisation) continue from here
+        # when the run is resumed, as they would had it not stopped
+        checkpoint[RNG_STATES_KEY] = rng_states()
+
+    def on_train_epoch_start(self) -> None:
+        # restored at the start of the first epoch after loading, not at loading: between the two,
+        # Lightning's sanity-check validation would draw from the streams an unbroken run never touched
+        if self._resumed_rng_states is not None:
+            set_rng_states(self._resumed_rng_states)
+            self._resumed_rng_states = None
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuses weights trained for other data: the same layers would load, but the output activation or
-        the meaning of the pixels would silently differ."""
+        the meaning of the pixels would silently differ. Keeps the saved random streams for resuming."""
+        self._resumed_rng_states = checkpoint.get(RNG_STATES_KEY)
         trained = checkpoint.get("hyper_parameters", {})
         for name, flag in (("value_range", "--data.value_range"), ("image_shape", "the data")):
             current = list(getattr(self, name))

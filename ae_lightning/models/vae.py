@@ -10,7 +10,8 @@ from ae_lightning.models.base import AutoencoderBase, Stage
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per row, summed over latent units: (B, D) -> (B,)."""
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, summed over latent units: (B, D) -> (B,), in float32."""
+    mu, logvar = mu.float(), logvar.float()
     return -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(1)
 
 
