@@ -7,6 +7,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid, save_image
@@ -77,6 +79,25 @@ class SampleGridCheckpoint(ModelCheckpoint):
         self.sample_seed = sample_seed
         self._fixed_images: Tensor | None = None
         self._last_grid: tuple[int, str] | None = None  # (global step, path) of the grid written last
+
+    def on_exception(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException
+    ) -> None:
+        """On SIGTERM (preemption, `scancel`, `kill`) saves `last.ckpt` (mid-epoch) and its grid, so that
+        `fit --ckpt_path last` continues the run. Lightning raises SIGTERMException on every rank at the same
+        step, so the collective save is safe; other exceptions (a crashed rank) save nothing, as a
+        collective save could then wait forever for the missing rank."""
+        if isinstance(exception, SIGTERMException) and self.save_last and not trainer.sanity_checking:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            rank_zero_info(f"Stopped by SIGTERM: saved {self.last_model_path}; resume with --ckpt_path last")
+
+    def _save_last_checkpoint(self, trainer: "pl.Trainer", monitor_candidates: dict[str, Tensor]) -> None:
+        # `last.ckpt` is the newest state of this run folder, whatever it was resumed from: a run resumed from
+        # a SLURM HPC checkpoint (whose saved callback state predates last.ckpt) overwrites it rather than
+        # writing `last-v1.ckpt` beside it, which `--ckpt_path last` would not pick
+        if not self.last_model_path:
+            self.last_model_path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        super()._save_last_checkpoint(trainer, monitor_candidates)
 
     def _save_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
