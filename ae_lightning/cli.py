@@ -1,10 +1,15 @@
 """The command line: LightningCLI, with the model picked by `class_path` and fitted to the data."""
 
+import os
+import re
 import sys
 import warnings
+from pathlib import Path
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from ae_lightning.checkpoints import check_checkpoint
 from ae_lightning.errors import AELightningError
@@ -29,6 +34,33 @@ class AutoencoderCLI(LightningCLI):
         # before LightningCLI reads the checkpoint's hyperparameters and before any run folder is made
         if ckpt_path:
             check_checkpoint(ckpt_path)
+        if subcommand == "fit" and (ckpt_path or int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0):
+            # a resumed (or SLURM-requeued) run writes into its own folder again: its config.yaml is
+            # rewritten, with the ckpt_path it resumed from
+            self.save_config_kwargs["overwrite"] = True
+            if ckpt_path == "last":
+                self._continue_last_run(self.config.fit.trainer)
+
+    @staticmethod
+    def _continue_last_run(trainer_config: Namespace) -> None:
+        """`fit --ckpt_path last` continues the newest run: the logger is pointed at the version folder whose
+        `checkpoints/last.ckpt` is newest (Lightning looks for `last` only in this run's own folder, which
+        would otherwise be a fresh `version_<n+1>`). Loggers without save_dir/name/version folders, or with
+        a version set on the command line, are left as they are."""
+        logger = trainer_config.get("logger")
+        init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+        if init_args is None or init_args.get("version") is not None or "save_dir" not in init_args:
+            return
+        run_root = Path(init_args.save_dir) / (init_args.get("name") or "")
+        lasts = [
+            path
+            for path in run_root.glob("version_*/checkpoints/last.ckpt")
+            if path.is_file() and re.fullmatch(r"version_\d+", path.parents[1].name)
+        ]
+        if lasts:
+            newest = max(lasts, key=lambda path: path.stat().st_mtime)
+            init_args.version = int(newest.parents[1].name.removeprefix("version_"))
+            rank_zero_info(f"Resuming the run in {newest.parents[1]} from {newest}")
 
 
 def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
