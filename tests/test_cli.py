@@ -11,33 +11,18 @@ import torch
 import yaml
 
 from ae_lightning.cli import main
-from tests.conftest import CONFIGS, NUM_TEST, REPO, VAL_SIZE, grid_size, linear_shapes, read_png
+from tests.conftest import (
+    CONFIGS,
+    NUM_TEST,
+    REPO,
+    grid_size,
+    linear_shapes,
+    read_png,
+    run_folder,
+    tiny,
+)
 
 RUNNABLE = ("ae", "dae", "vae")
-
-
-def tiny(data_dir: Path) -> list[str]:
-    """Flags that shrink a config to the tiny dataset and a few batches on the CPU."""
-    return [
-        f"--data.data_dir={data_dir}",
-        f"--data.val_size={VAL_SIZE}",
-        "--data.batch_size=16",
-        "--trainer.max_epochs=1",
-        "--trainer.accelerator=cpu",
-        "--trainer.log_every_n_steps=1",
-        "--trainer.enable_progress_bar=false",
-    ]
-
-
-@pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Runs the test in an empty folder, so `runs/` lands there as it would for a user."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def run_folder(root: Path, name: str, version: int = 0) -> Path:
-    return root / "runs" / name / f"version_{version}"
 
 
 @pytest.mark.parametrize("name", RUNNABLE)

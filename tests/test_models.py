@@ -248,3 +248,14 @@ def test_hyperparameters_rebuild_the_same_model(cls, extra) -> None:
     rebuilt.load_state_dict(model.state_dict())
     x = fixed_batch((-1.0, 1.0), count=4)
     torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("cls, extra", VARIANTS, ids=VARIANT_IDS)
+def test_losses_are_float32_under_bfloat16_autocast(cls: type[AutoencoderBase], extra: dict) -> None:
+    """Mixed precision runs the layers in bfloat16, but every loss term is summed in float32."""
+    model = make(cls, extra)
+    x = fixed_batch(count=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.encoder(x).dtype == torch.bfloat16  # autocast is on
+        terms = model.loss_terms(x, "train")
+    assert {name: term.dtype for name, term in terms.items()} == dict.fromkeys(terms, torch.float32)

@@ -1,0 +1,291 @@
+"""Scaling out and stopping safely: DDP on CPU processes, two "nodes" with torchrun, mixed precision,
+exact resume, preemption by SIGTERM and by SLURM's SIGUSR1, and a crashing rank. The multi-process tests run
+the real `cli.py` as a user would and are marked slow."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ae_lightning.cli import main
+from ae_lightning.data import MNISTDataModule
+from ae_lightning.data.samplers import EpochShuffleSampler
+from tests.conftest import CONFIGS, NUM_TRAIN, REPO, VAL_SIZE, read_png, run_folder, tiny
+
+AE, DDP, BF16 = (str(CONFIGS / name) for name in ("ae.yaml", "trainer/ddp.yaml", "trainer/bf16.yaml"))
+#: plain SGD: one step is lr x gradient, so equal gradients give equal weights (Adam's first step is
+#: lr x sign(gradient), which would magnify rounding differences of near-zero gradients)
+SGD = ["--model.optimizer=torch.optim.SGD", "--model.optimizer.lr=0.5"]
+#: the tiny training split (72 images) read as one batch by one process, or as two halves by two
+TRAIN_SIZE = NUM_TRAIN - VAL_SIZE
+
+
+def cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 240):
+    """Runs `python cli.py ARGS` in `cwd`, as a user would (the tests' callbacks importable)."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", **(env or {})},
+    )
+
+
+def callback_flag(name: str, **init_args: object) -> str:
+    """`--trainer.callbacks+=...` adding one of tests/callbacks.py."""
+    return "--trainer.callbacks+=" + json.dumps(
+        {"class_path": f"tests.callbacks.{name}", "init_args": init_args}
+    )
+
+
+def state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path, atol: float) -> None:
+    first, second = state_dict(a), state_dict(b)
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=0, atol=atol, msg=name)
+
+
+def monitored_score(ckpt: Path) -> float:
+    """The `val/loss` the checkpoint callback saw when it saved `ckpt`, at full precision."""
+    states = torch.load(ckpt, map_location="cpu", weights_only=False)["callbacks"]
+    (state,) = [value for key, value in states.items() if key.startswith("SampleGridCheckpoint")]
+    return float(state["current_score"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- in one process ---
+
+
+def test_training_order_depends_only_on_seed_and_epoch() -> None:
+    first, second = EpochShuffleSampler(range(50), seed=7), EpochShuffleSampler(range(50), seed=7)
+    torch.manual_seed(0)
+    epoch0 = list(first)
+    torch.manual_seed(1)  # the global stream plays no part
+    assert list(second) == epoch0
+    assert sorted(epoch0) == list(range(50))
+    first.set_epoch(1)
+    assert list(first) != epoch0
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_each_rank_validates_a_disjoint_share_and_together_every_image_once(
+    data_dir: Path, world_size: int
+) -> None:
+    """No image is repeated to even out the ranks' shares (DistributedSampler would repeat some), so the
+    mean that Lightning reduces over ranks is the mean over the validation set."""
+    seen = []
+    for rank in range(world_size):
+        datamodule = MNISTDataModule(data_dir=data_dir, val_size=VAL_SIZE + 1, batch_size=4)
+        datamodule.trainer = type("Trainer", (), {"world_size": world_size, "global_rank": rank})()
+        datamodule.setup("fit")
+        seen += list(datamodule.val_dataloader().sampler)
+    assert sorted(seen) == list(range(VAL_SIZE + 1))
+
+
+def test_bf16_mixed_fits_on_cpu(data_dir: Path, in_tmp: Path) -> None:
+    fitted = main(["fit", "--config", AE, "--config", BF16, *tiny(data_dir)])
+    assert fitted.trainer.precision == "bf16-mixed"
+    assert torch.isfinite(fitted.trainer.callback_metrics["val/loss"])
+    ckpt = run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt"
+    assert {t.dtype for t in state_dict(ckpt).values()} == {torch.float32}  # float32 weights
+    assert ckpt.with_suffix(".png").is_file()
+
+
+def test_resume_from_last_continues_the_same_run_exactly(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 epochs in one go == 1 epoch, then `fit --ckpt_path last` to epoch 3: the same data order, the same
+    VAE noise and dynamic binarisation, so the same weights; and the resumed run stays in its folder."""
+    flags = [
+        "--config", str(CONFIGS / "vae.yaml"), *tiny(data_dir),
+        "--data.value_range=[0, 1]", "--data.binarize=true",  # random data too
+        "--trainer.deterministic=true",
+    ]  # fmt: skip
+    for folder in ("unbroken", "resumed"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "unbroken")
+    main(["fit", *flags, "--trainer.max_epochs=3"])
+    monkeypatch.chdir(tmp_path / "resumed")
+    main(["fit", *flags, "--trainer.max_epochs=1"])
+    resumed = main(["fit", *flags, "--trainer.max_epochs=3", "--ckpt_path=last"])
+
+    assert resumed.trainer.global_step == 3 * -(-TRAIN_SIZE // 16)  # 5 batches per epoch
+    assert [p.name for p in (tmp_path / "resumed" / "runs" / "vae").iterdir()] == ["version_0"]
+    last = "runs/vae/version_0/checkpoints/last.ckpt"
+    assert_same_weights(tmp_path / "unbroken" / last, tmp_path / "resumed" / last, atol=1e-6)
+
+
+def test_resume_from_last_without_a_previous_run_starts_afresh(data_dir: Path, in_tmp: Path) -> None:
+    fitted = main(["fit", "--config", AE, *tiny(data_dir), "--ckpt_path", "last"])
+    assert fitted.trainer.global_step == 5
+    assert (run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt").is_file()
+
+
+# --- several processes, through the real command ---
+
+
+@pytest.mark.slow
+def test_ddp_on_two_processes_equals_one_process_with_the_whole_batch(data_dir: Path, tmp_path: Path) -> None:
+    """One SGD step of 2 processes x 36 images gives the weights of 1 process x 72 (the same images: the
+    training split is exactly one global batch); checkpoints and grid are written once, the grid shows the
+    same fixed images, and the logged val/loss is the mean over the whole validation set."""
+    (tmp_path / "ddp").mkdir()
+    ddp = cli(
+        ["fit", "--config", AE, "--config", DDP, *tiny(data_dir), *SGD,
+         f"--data.batch_size={TRAIN_SIZE // 2}", "--trainer.devices=2"],
+        cwd=tmp_path / "ddp",
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in ddp.stdout + ddp.stderr
+
+    (tmp_path / "one").mkdir()
+    one_args = ["fit", "--config", AE, *tiny(data_dir), *SGD, f"--data.batch_size={TRAIN_SIZE}"]
+    one = cli(one_args, cwd=tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    runs = tmp_path / "ddp" / "runs" / "ae"
+    assert [p.name for p in runs.iterdir()] == ["version_0"]  # one run folder, not one per rank
+    checkpoints = runs / "version_0" / "checkpoints"
+    files = sorted(p.name for p in checkpoints.iterdir())
+    assert len(files) == 4 and files[0].startswith("epoch=0-step=1-")
+    assert files[-2:] == ["last.ckpt", "last.png"]
+    ddp_last = checkpoints / "last.ckpt"
+    one_last = run_folder(tmp_path / "one", "ae") / "checkpoints" / "last.ckpt"
+    assert_same_weights(ddp_last, one_last, atol=1e-6)
+
+    # the same fixed validation images (rows 1 and 3 of 30 px cells) at world size 2 and 1
+    ddp_grid, one_grid = read_png(ddp_last.with_suffix(".png")), read_png(one_last.with_suffix(".png"))
+    for row in (0, 2):
+        assert torch.equal(ddp_grid[:, row * 30 : row * 30 + 32], one_grid[:, row * 30 : row * 30 + 32])
+
+    # val/loss logged under DDP == one process validating the same weights on the whole validation set
+    validated = main(["validate", "--config", AE, *tiny(data_dir), "--ckpt_path", str(ddp_last)])
+    whole_set = validated.trainer.callback_metrics["val/loss"].item()
+    assert monitored_score(ddp_last) == pytest.approx(whole_set, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_nodes_started_with_torchrun_train_together(data_dir: Path, tmp_path: Path) -> None:
+    """Two processes on one machine, each started as one node by torchrun, as on two machines."""
+    port = free_port()
+    procs = []
+    for node in (0, 1):
+        (tmp_path / f"node{node}").mkdir()
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+            f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}",
+            str(REPO / "cli.py"), "fit", "--config", AE, "--config", DDP, *tiny(data_dir),
+            "--trainer.num_nodes=2", "--trainer.devices=1",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+        procs.append(
+            subprocess.Popen(
+                command,
+                cwd=tmp_path / f"node{node}",
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [proc.communicate(timeout=240)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in outputs[0] and "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
+    checkpoints = run_folder(tmp_path / "node0", "ae") / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file() and read_png(checkpoints / "last.png").shape[0] == 3
+    assert not list((tmp_path / "node1").rglob("*.ckpt"))  # only global rank zero writes
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_leaves_a_checkpoint_that_resumes(data_dir: Path, tmp_path: Path) -> None:
+    """`kill` (SIGTERM) at step 2 of 5: the run stops with last.ckpt and its grid; `fit --ckpt_path last`
+    goes on in the same folder to the end of epoch 2."""
+    stopped = cli(
+        ["fit", "--config", AE, *tiny(data_dir), "--trainer.max_epochs=2",
+         callback_flag("SendSignal", step=2, signals=["SIGTERM"])],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert "sends itself ['SIGTERM']" in stopped.stdout, stopped.stderr[-3000:]
+    last = run_folder(tmp_path, "ae") / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2 and last.with_suffix(".png").is_file()
+
+    resume = ["fit", "--config", AE, *tiny(data_dir), "--trainer.max_epochs=2", "--ckpt_path=last"]
+    resumed = cli(resume, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {last.resolve()}" in resumed.stdout + resumed.stderr
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 10
+    assert [p.name for p in (tmp_path / "runs" / "ae").iterdir()] == ["version_0"]
+    assert any(p.name.startswith("epoch=1-step=10-") and p.suffix == ".png" for p in last.parent.iterdir())
+
+
+@pytest.mark.slow
+def test_slurm_sigusr1_saves_requeues_and_the_requeued_job_resumes(data_dir: Path, tmp_path: Path) -> None:
+    """What SLURM does with `--signal=SIGUSR1@90` and `--requeue`, without a cluster: the job's environment,
+    SIGUSR1 then SIGTERM at step 2; Lightning saves an HPC checkpoint and calls `scontrol requeue` (a stand-in
+    records it); the requeued job (SLURM_RESTART_COUNT=1) resumes from it in the same run folder, with the
+    flags of scripts/slurm/train.sbatch."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "ae",
+        "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
+    }  # fmt: skip
+    job = [
+        "fit", "--config", AE, *tiny(data_dir), "--trainer.max_epochs=2",
+        "--trainer.default_root_dir=runs/slurm/4242", "--trainer.logger.init_args.version=job_4242",
+    ]  # fmt: skip
+    preempted = cli(
+        [*job, callback_flag("SendSignal", step=2, signals=["SIGUSR1", "SIGTERM"])],
+        cwd=tmp_path, env=slurm,
+    )  # fmt: skip
+    assert "sends itself" in preempted.stdout, preempted.stderr[-3000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    hpc = tmp_path / "runs/slurm/4242/hpc_ckpt_1.ckpt"
+    assert torch.load(hpc, map_location="cpu", weights_only=False)["global_step"] == 2
+
+    requeued = cli(job, cwd=tmp_path, env={**slurm, "SLURM_RESTART_COUNT": "1"})
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    output = requeued.stdout + requeued.stderr
+    restored = re.search(r"Restoring states from the checkpoint path at (\S+)", output)
+    assert restored and (tmp_path / restored[1]).resolve() == hpc
+    last = tmp_path / "runs/ae/job_4242/checkpoints/last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 10
+    assert last.with_suffix(".png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_crashing_rank_ends_the_whole_job(data_dir: Path, tmp_path: Path, rank: int) -> None:
+    """One of two DDP ranks dies abruptly at step 2: the job exits with an error within the timeout
+    (no rank left waiting for the dead one)."""
+    result = cli(
+        ["fit", "--config", AE, "--config", DDP, *tiny(data_dir), "--trainer.devices=2",
+         "--trainer.max_epochs=5",
+         callback_flag("CrashRank", step=2, rank=rank)],
+        cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert f"rank {rank} crashes" in output
+    assert result.returncode != 0
+    # the surviving rank's error names the cause: its peer went away
+    assert "Check the logs of the remote worker" in output
