@@ -35,7 +35,7 @@ def offline_reason() -> str | None:
             return None
     except (OSError, netrc.NetrcParseError):
         pass  # no readable netrc: no login
-    return f"no W&B API key found (neither WANDB_API_KEY nor a `wandb login` for {host})"
+    return f"no API key found (neither WANDB_API_KEY nor a `wandb login` for {host})"
 
 
 class WandbLogger(LightningWandbLogger):
@@ -139,6 +139,12 @@ class WandbLogger(LightningWandbLogger):
                 f"upload it later with `wandb sync {folder}`"
             )
         return run
+
+    @property
+    def continues_run(self) -> bool:
+        """Whether this logger was given the id of a run to continue, so its folder may hold that run's
+        files (`config.yaml`) already."""
+        return self._id is not None
 
     @rank_zero_only
     def log_config(self, config: dict[str, Any], config_file: str | Path) -> None:

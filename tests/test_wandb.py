@@ -17,6 +17,7 @@ from tests.test_cli import tiny
 
 WANDB_FRAGMENT = str(CONFIGS / "logger" / "wandb.yaml")
 VAE = str(CONFIGS / "vae.yaml")
+AE_CONFIG = str(CONFIGS / "ae.yaml")
 
 #: every W&B variable that could point a test at a real account, server or the user's own files
 _WANDB_ACCOUNT_VARS = (
@@ -180,7 +181,7 @@ def _write_netrc(home: Path, machine: str) -> None:
 @pytest.mark.parametrize(
     "env, netrc_machine, offline_because",
     [
-        ({}, None, "no W&B API key found (neither WANDB_API_KEY nor a `wandb login` for api.wandb.ai)"),
+        ({}, None, "no API key found (neither WANDB_API_KEY nor a `wandb login` for api.wandb.ai)"),
         ({"WANDB_API_KEY": "k" * 40}, None, None),
         ({}, "api.wandb.ai", None),  # `wandb login`
         (
@@ -216,7 +217,7 @@ def test_offline_only_without_a_key_a_login_or_a_chosen_mode(
 @pytest.mark.parametrize(
     "account, because",
     [
-        ({}, "no W&B API key found"),
+        ({}, "no API key found"),
         # a key, but a server that refuses connections: W&B gives up after its init_timeout, the run goes on
         (
             {"WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "3"},
@@ -269,6 +270,33 @@ def test_under_ddp_only_rank_zero_makes_the_run(data_dir: Path, tmp_path: Path) 
     grids = [row for row in run["history"] if "samples/grid.filenames" in row]
     assert [row["trainer/global_step"] for row in grids] == [3]
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "runs").exists()  # nothing in the cwd
+
+
+@pytest.mark.slow
+def test_a_wandb_run_continued_by_its_id_keeps_its_folder_and_takes_the_new_config(
+    data_dir: Path, offline: Path
+) -> None:
+    """Resuming with the run's id and last.ckpt: same folder, its config.yaml now that of the second part."""
+    args = [
+        "fit",
+        "--config",
+        AE_CONFIG,
+        "--config",
+        WANDB_FRAGMENT,
+        *tiny(data_dir),
+        "--trainer.logger.init_args.id=r1",
+    ]
+    main(args)
+    folder = offline / "ae_lightning" / "r1"
+    main([*args, "--trainer.max_epochs=2", f"--ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"])
+    assert yaml.safe_load((folder / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
+    assert sorted(p.name for p in (folder / "checkpoints").glob("epoch=*.ckpt"))[-1].startswith(
+        "epoch=1-step=10"
+    )
+    # offline, W&B writes each part in a folder of its own, both named with the id
+    parts = offline_runs(offline)
+    assert [p.name.endswith("-r1") for p in parts] == [True, True]
+    assert read_run(parts[-1])["config"]["trainer"]["max_epochs"] == 2
 
 
 SWEEP = CONFIGS / "sweeps" / "vae_beta.yaml"

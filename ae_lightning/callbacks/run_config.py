@@ -39,17 +39,21 @@ class SaveRunConfig(SaveConfigCallback):
         folder = run_folder(trainer)
         path = os.path.join(folder, self.config_filename)
         fs = get_filesystem(folder)
+        # a W&B run continued by its id keeps its folder: the config of this part replaces the earlier one
+        overwrite = self.overwrite or any(
+            getattr(logger, "continues_run", False) for logger in trainer.loggers
+        )
         # decided on rank zero and broadcast, so that every rank stops, or none
         exists = trainer.strategy.broadcast(trainer.is_global_zero and fs.isfile(path))
-        if exists and not self.overwrite:
+        if exists and not overwrite:
             raise ConfigError(
                 f"{path} exists already: this run's folder holds another run's config. "
-                "Start a new run (a new version or W&B run id), or move that folder away"
+                "Start a new run (another version, or no fixed W&B id), or move that folder away"
             )
         if trainer.is_global_zero:
             fs.makedirs(folder, exist_ok=True)
             self.parser.save(
-                self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile
+                self.config, path, skip_none=False, overwrite=overwrite, multifile=self.multifile
             )
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
             for logger in trainer.loggers:
