@@ -7,10 +7,11 @@ import warnings
 from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from ae_lightning.callbacks import SaveRunConfig
 from ae_lightning.checkpoints import check_checkpoint
 from ae_lightning.errors import AELightningError
 from ae_lightning.models import AutoencoderBase
@@ -71,12 +72,14 @@ def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
     # Lightning 2.6 calls a torch pytree API that newer torch deprecates, warning on every run
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
-        return AutoencoderCLI(
+        cli = AutoencoderCLI(
             AutoencoderBase,
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # the model takes its optimizer as an argument
+            # config.yaml in the run's own folder (not W&B's shared save_dir), and the run config in W&B
+            save_config_callback=SaveRunConfig,
             args=args,
             run=run,
         )
@@ -85,6 +88,17 @@ def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
         if user_error is None:
             raise
         sys.exit(f"error: {user_error}")
+    if run:
+        _finish_runs(cli.trainer)
+    return cli
+
+
+def _finish_runs(trainer: Trainer) -> None:
+    """Ends the tracked run of every logger that has one (W&B), so its files are complete and the next
+    command in this process starts a run of its own instead of logging into this one."""
+    for logger in trainer.loggers:
+        if callable(getattr(logger, "finish", None)):
+            logger.finish()
 
 
 def _user_error(err: BaseException | None) -> AELightningError | None:

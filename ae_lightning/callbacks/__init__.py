@@ -1,5 +1,6 @@
 """Lightning callbacks."""
 
+from ae_lightning.callbacks.run_config import SaveRunConfig
 from ae_lightning.callbacks.sample_grid import SampleGridCheckpoint
 
-__all__ = ["SampleGridCheckpoint"]
+__all__ = ["SampleGridCheckpoint", "SaveRunConfig"]

@@ -6,7 +6,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
@@ -183,12 +183,17 @@ class SampleGridCheckpoint(ModelCheckpoint):
 
     def _log_grid(self, trainer: "pl.Trainer", grid: Tensor) -> None:
         """Hands the grid to every attached logger that takes images."""
-        # loggers differ in how they scale float images; bytes in 0-255 mean the same to all
-        image = grid.mul(255).round().to(torch.uint8)
+        # loggers differ in how they scale float images (W&B does not: [0, 1] comes out black); bytes in
+        # 0-255 mean the same to all. Rounded as save_image rounds, so loggers show the PNG's very pixels
+        image = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+        step = trainer.global_step
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples/grid", image, global_step=trainer.global_step)
+                logger.experiment.add_image("samples/grid", image, global_step=step)
             elif callable(getattr(logger, "log_image", None)):
+                # W&B's x-axis is the step; a caption per image says which epoch's weights drew it
+                caption = {"caption": [f"epoch {trainer.current_epoch}, step {step}"]}
+                extra = caption if isinstance(logger, WandbLogger) else {}
                 logger.log_image(
-                    key="samples/grid", images=[image.permute(1, 2, 0).numpy()], step=trainer.global_step
+                    key="samples/grid", images=[image.permute(1, 2, 0).numpy()], step=step, **extra
                 )

@@ -1,0 +1,65 @@
+"""The CLI's resolved config, saved in the run's own folder and handed to loggers that keep a run config."""
+
+import os
+
+import lightning.pytorch as pl
+import yaml
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from ae_lightning.errors import ConfigError
+
+
+def run_folder(trainer: "pl.Trainer") -> str:
+    """The folder of this run, the one ModelCheckpoint puts `checkpoints/` in: `save_dir/name/version`.
+
+    For TensorBoard and CSV loggers that is their `log_dir`; for others (W&B) Lightning's `trainer.log_dir`
+    is the logger's `save_dir`, shared by every run, so a second run would find the first one's config
+    there. Call on every rank (the folder is rank zero's).
+    """
+    if not trainer.loggers:
+        folder = trainer.default_root_dir
+    elif isinstance(trainer.loggers[0], (TensorBoardLogger, CSVLogger)):
+        folder = trainer.loggers[0].log_dir
+    else:
+        logger = trainer.loggers[0]
+        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+        folder = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
+    return trainer.strategy.broadcast(folder)
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Saves the resolved config as `config.yaml` in the run's folder (beside `checkpoints/`), on global
+    rank zero, and gives it to every logger with a `log_config(config, config_file)` method (W&B)."""
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if self.already_saved:
+            return
+        folder = run_folder(trainer)
+        path = os.path.join(folder, self.config_filename)
+        fs = get_filesystem(folder)
+        # a W&B run continued by its id keeps its folder: the config of this part replaces the earlier one
+        overwrite = self.overwrite or any(
+            getattr(logger, "continues_run", False) for logger in trainer.loggers
+        )
+        # decided on rank zero and broadcast, so that every rank stops, or none
+        exists = trainer.strategy.broadcast(trainer.is_global_zero and fs.isfile(path))
+        if exists and not overwrite:
+            raise ConfigError(
+                f"{path} exists already: this run's folder holds another run's config. "
+                "Start a new run (another version, or no fixed W&B id), or move that folder away"
+            )
+        if trainer.is_global_zero:
+            fs.makedirs(folder, exist_ok=True)
+            self.parser.save(
+                self.config, path, skip_none=False, overwrite=overwrite, multifile=self.multifile
+            )
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in trainer.loggers:
+                if callable(getattr(logger, "log_config", None)):
+                    logger.log_config(config, path)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        # every rank knows, for later calls of setup
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
