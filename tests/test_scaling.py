@@ -83,19 +83,34 @@ def test_training_order_depends_only_on_seed_and_epoch() -> None:
     assert list(first) != epoch0
 
 
+class FakeTrainer:
+    """What the datamodule asks of its trainer: world size, rank and device."""
+
+    def __init__(self, world_size: int, global_rank: int) -> None:
+        self.world_size, self.global_rank = world_size, global_rank
+        self.strategy = type("Strategy", (), {"root_device": torch.device("cpu")})()
+
+
+def sampled_indices(sampler) -> list[int]:
+    """The indices a sampler gives, whether one by one or (resident data) in whole-batch tensors."""
+    items = list(sampler)
+    return torch.cat(items).tolist() if items and isinstance(items[0], torch.Tensor) else items
+
+
+@pytest.mark.parametrize("resident", [True, False])
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_each_rank_validates_a_disjoint_share_and_together_every_image_once(
-    data_dir: Path, world_size: int
+    data_dir: Path, world_size: int, resident: bool
 ) -> None:
     """No image is repeated to even out the ranks' shares (DistributedSampler would repeat some), so the
     mean that Lightning reduces over ranks is the mean over the validation set."""
     seen = []
     for rank in range(world_size):
-        datamodule = MNISTDataModule(data_dir=data_dir, val_size=VAL_SIZE + 1, batch_size=4)
-        datamodule.trainer = type("Trainer", (), {"world_size": world_size, "global_rank": rank})()
+        datamodule = MNISTDataModule(data_dir=data_dir, val_size=25, batch_size=4, resident=resident)
+        datamodule.trainer = FakeTrainer(world_size, rank)
         datamodule.setup("fit")
-        seen += list(datamodule.val_dataloader().sampler)
-    assert sorted(seen) == list(range(VAL_SIZE + 1))
+        seen += sampled_indices(datamodule.val_dataloader().sampler)
+    assert sorted(seen) == list(range(25))
 
 
 def test_bf16_mixed_fits_on_cpu(data_dir: Path, in_tmp: Path) -> None:

@@ -178,7 +178,7 @@ class SampleGridCheckpoint(ModelCheckpoint):
             loader: DataLoader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
             dataset = loader.dataset
             count = min(self.num_images, len(dataset))
-            self._fixed_images = torch.stack([images_of(dataset[i]) for i in range(count)]).float()
+            self._fixed_images = torch.stack([images_of(dataset[i]) for i in range(count)]).float().cpu()
         return self._fixed_images
 
     def _log_grid(self, trainer: "pl.Trainer", grid: Tensor) -> None:

@@ -8,9 +8,11 @@ from torch.utils.data import Dataset
 class ImageTensorDataset(Dataset[tuple[Tensor, Tensor]]):
     """Images held as uint8 (N, C, H, W) with labels (N,); item i is (image in `value_range`, label).
 
-    Keeping uint8 and scaling per item is 4x lighter than storing floats and skips torchvision's
+    Keeping uint8 and scaling as items are read is 4x lighter than storing floats and skips torchvision's
     per-image PIL round trip. With `binarize`, each read draws a fresh binary image with pixel
-    probabilities from the intensities (dynamic binarisation).
+    probabilities from the intensities (dynamic binarisation). Indexed by a tensor of B indices it gives a
+    whole batch, ((B, C, H, W), (B,)), in a few tensor operations on whatever device it is kept on
+    (`to`); indexed by a list of such tensors, a list of batches.
     """
 
     def __init__(
@@ -26,8 +28,17 @@ class ImageTensorDataset(Dataset[tuple[Tensor, Tensor]]):
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        x = self.images[index].float().div_(255)  # (C, H, W) in [0, 1]
+    def to(self, device: torch.device | str) -> "ImageTensorDataset":
+        """Keeps images and labels on `device` (in place); returns self."""
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return self
+
+    def __getitem__(self, index: int | Tensor | list[Tensor]) -> tuple[Tensor, Tensor] | list:
+        if isinstance(index, list):
+            return [self[batch] for batch in index]
+        if isinstance(index, Tensor):
+            index = index.to(self.images.device, non_blocking=True)
+        x = self.images[index].float().div_(255)  # (C, H, W) or (B, C, H, W), in [0, 1]
         if self.binarize:
             x = torch.bernoulli(x)
         if (self.low, self.high) != (0.0, 1.0):

@@ -8,12 +8,13 @@ import torch
 import torchvision.datasets
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
 from torchvision.datasets.utils import check_integrity
 
 from ae_lightning.data.datasets import ImageTensorDataset, binarize_once
 from ae_lightning.data.idx import check_split
-from ae_lightning.data.samplers import EpochShuffleSampler, shuffle_seed
+from ae_lightning.data.samplers import EpochShuffleSampler, ResidentBatches, shuffle_seed
 from ae_lightning.errors import ConfigError, DataError
 from ae_lightning.value_range import check_value_range
 
@@ -38,6 +39,12 @@ class MNISTDataModule(LightningDataModule):
         binarize: binarise the images: training images are drawn afresh at every read (dynamic binarisation),
             validation and test images once, with a fixed seed, so their losses compare across epochs.
         download: download missing files in `prepare_data`; false fails at once when files are missing.
+        resident: keep the images (uint8, 47 MB for MNIST) on the training device and serve each batch by
+            indexing them there: scaling, binarisation and shuffling run on the device, with no per-image
+            Python and no DataLoader workers. Falls back to the DataLoader path, with a warning, when the
+            device lacks the memory. false: a DataLoader reads image by image (with `num_workers`).
+        steps_per_call: how many batches each training item holds (set by the CLI from the model's
+            `steps_per_call`, so the model takes that many optimizer steps per call); needs `resident`.
     """
 
     def __init__(
@@ -51,6 +58,8 @@ class MNISTDataModule(LightningDataModule):
         value_range: Sequence[float] = (0.0, 1.0),
         binarize: bool = False,
         download: bool = True,
+        resident: bool = True,
+        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
         if dataset not in ("MNIST", "FashionMNIST", "KMNIST"):
@@ -59,6 +68,13 @@ class MNISTDataModule(LightningDataModule):
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        if steps_per_call < 1:
+            raise ConfigError(f"steps_per_call must be at least 1, got {steps_per_call}")
+        if steps_per_call > 1 and not resident:
+            raise ConfigError(
+                f"steps_per_call {steps_per_call} needs resident data: drop --data.resident false, "
+                "or train one step per call (steps_per_call 1)"
+            )
         if val_size < 1:
             raise ConfigError(f"val_size must be at least 1 image, got {val_size}")
         value_range = list(check_value_range(value_range))  # hparams hold lists, as YAML does
@@ -71,6 +87,7 @@ class MNISTDataModule(LightningDataModule):
         self.image_shape: tuple[int, int, int] = (1, 28, 28)
         self.value_range: tuple[float, float] = tuple(value_range)
         self.datasets: dict[Split, ImageTensorDataset] = {}
+        self.resident = resident  # whether setup() could keep the data on the device
 
     @property
     def raw_folder(self) -> Path:
@@ -147,18 +164,59 @@ class MNISTDataModule(LightningDataModule):
             if self.hparams.binarize and split != "train":
                 images = binarize_once(images, seed=self.hparams.split_seed + seed)
             self.datasets[split] = ImageTensorDataset(images, labels, self.value_range, binarize=dynamic)
+        if self.hparams.resident:
+            self._keep_on_device()
 
-    def _loader(self, split: Split) -> DataLoader:
+    def _keep_on_device(self) -> None:
+        """Moves the splits to the training device when it has room for them (several times their size,
+        for the float batches made from them and the model)."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        size = sum(dataset.images.nbytes + dataset.labels.nbytes for dataset in self.datasets.values())
+        if device.type == "cuda" and torch.cuda.mem_get_info(device)[0] < 4 * size:
+            self.resident = False
+            rank_zero_warn(
+                f"{self.hparams.dataset} ({size / 2**20:.0f} MB) does not fit beside the model on {device}: "
+                "reading it with a DataLoader instead (set --data.resident false to silence this)"
+            )
+            if self.hparams.steps_per_call > 1:
+                raise ConfigError("steps_per_call > 1 needs the data on the device, which lacks the memory")
+            return
+        for dataset in self.datasets.values():
+            dataset.to(device)
+
+    def _loader(self, split: Split, predict: bool = False) -> DataLoader:
+        # each new iterator draws a worker seed from this generator instead of the global stream, which
+        # Lightning creates at other points of a resumed run than of an unbroken one
+        generator = torch.Generator().manual_seed(self.hparams.split_seed)
+        if self.resident and not predict:
+            # the sampler yields whole batches of indices; the dataset answers each with a batch
+            return DataLoader(
+                self.datasets[split], batch_size=None, sampler=self._batches(split), generator=generator
+            )
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            sampler=self._sampler(split),
-            # each new iterator draws a worker seed from this generator instead of the global stream, which
-            # Lightning creates at other points of a resumed run than of an unbroken one
-            generator=torch.Generator().manual_seed(self.hparams.split_seed),
+            sampler=None if predict else self._sampler(split),
+            generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=torch.cuda.is_available() and not self.resident,
+        )
+
+    def _batches(self, split: Split) -> ResidentBatches:
+        """The resident path's sampler: the same order and DDP shares as the DataLoader path's."""
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        train = split == "train"
+        return ResidentBatches(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=train,
+            seed=shuffle_seed(self.hparams.split_seed),
+            even_shares=train,
+            steps_per_call=self.hparams.steps_per_call if train else 1,
         )
 
     def _sampler(self, split: Split) -> Sampler[int] | None:
@@ -185,4 +243,5 @@ class MNISTDataModule(LightningDataModule):
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        # image by image: Lightning wraps the sampler to keep the order of the predictions under DDP
+        return self._loader("test", predict=True)
