@@ -27,6 +27,8 @@ class AutoencoderCLI(LightningCLI):
             parser.link_arguments(
                 f"data.{name}", f"model.init_args.{name}", compute_fn=list, apply_on="instantiate"
             )
+        # K optimizer steps per call need K batches per training item: the model's setting sizes them
+        parser.link_arguments("model.init_args.steps_per_call", "data.init_args.steps_per_call")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)

@@ -40,7 +40,14 @@ class AutoencoderBase(LightningModule):
         value_range: range of the data, [-1, 1] or [0, 1]; the CLI takes it from the datamodule. It picks
             the output activation of the gaussian decoder (tanh or sigmoid).
         optimizer: optimizer class and its arguments (default Adam, lr 1e-3).
-        lr_scheduler: optional learning-rate scheduler; ReduceLROnPlateau watches `val/loss`.
+        lr_scheduler: optional learning-rate scheduler, stepped every epoch; ReduceLROnPlateau watches
+            `val/loss`.
+        steps_per_call: optimizer steps per Lightning training step (K). With K > 1 each training item
+            holds K batches (the CLI tells the datamodule) and the model steps through them in one call, so
+            Lightning's per-step work (hooks, logging, progress bar) runs once per K steps. A step is still
+            one optimizer step: `global_step`, `max_steps` and checkpoint names count optimizer steps, and K
+            steps in one call give the weights of K calls of one step. `train/*` is then logged once per
+            call, as the mean over its K batches.
     """
 
     def __init__(
@@ -53,8 +60,11 @@ class AutoencoderBase(LightningModule):
         value_range: Sequence[float] = (0.0, 1.0),
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
+        if steps_per_call < 1:
+            raise ConfigError(f"steps_per_call must be at least 1 optimizer step, got {steps_per_call}")
         if latent_dim <= 0:
             raise ConfigError(f"latent_dim must be a positive number of latent units, got {latent_dim}")
         if backbone not in DEFAULT_HIDDEN_DIMS:
@@ -84,6 +94,9 @@ class AutoencoderBase(LightningModule):
         self.value_range: tuple[float, float] = tuple(value_range)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.steps_per_call = steps_per_call
+        # K steps per call are taken by the model itself (Lightning's "manual optimization")
+        self.automatic_optimization = steps_per_call == 1
         self.encoder = build_encoder(backbone, self.image_shape, hidden_dims, self._encoder_out_dim())
         self.decoder = build_decoder(backbone, latent_dim, hidden_dims, self.image_shape)
         # lets the model summary show input and output sizes
@@ -163,8 +176,43 @@ class AutoencoderBase(LightningModule):
             )
         return terms["loss"].mean()
 
-    def training_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: Tensor | Sequence[Tensor] | list, batch_idx: int) -> Tensor | None:
+        if self.automatic_optimization:
+            return self._step(batch, "train")
+        return self._steps(batch)
+
+    def _steps(self, batches: list) -> Tensor:
+        """Up to `steps_per_call` optimizer steps, one per batch, each exactly what one automatic step does
+        (zero the gradients, backward, step); stops at `max_steps`. Logs the means over the batches and
+        returns the mean loss (detached: the steps are taken)."""
+        optimizer = self.optimizers()
+        sums: dict[str, Tensor] = {}
+        count = 0
+        for batch in batches:
+            if 0 <= self.trainer.max_steps <= self.trainer.global_step:
+                break
+            x = images_of(batch)
+            terms = self.loss_terms(x, "train")
+            optimizer.zero_grad()
+            self.manual_backward(terms["loss"].mean())
+            optimizer.step()
+            for name, per_image in terms.items():
+                sums[name] = sums.get(name, 0) + per_image.detach().sum()
+            count += x.shape[0]
+        for name, total in sums.items():
+            self.log(f"train/{name}", total / count, on_step=True, prog_bar=name == "loss", batch_size=count)
+        return sums["loss"] / count
+
+    def on_train_epoch_end(self) -> None:
+        # with K steps per call Lightning leaves the scheduler to the model: step it where Lightning would
+        scheduler = self.lr_schedulers()
+        if self.automatic_optimization or scheduler is None:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if "val/loss" in self.trainer.callback_metrics:
+                scheduler.step(self.trainer.callback_metrics["val/loss"])
+        else:
+            scheduler.step()
 
     def validation_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "val")
