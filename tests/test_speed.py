@@ -1,0 +1,143 @@
+"""The fast paths: resident data (the same epochs as the DataLoader path) and K optimizer steps per call (the
+same weights as K calls), and the epoch-speed benchmark on a tiny setting."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ae_lightning.cli import main
+from ae_lightning.data import MNISTDataModule
+from ae_lightning.data.samplers import ResidentBatches
+from tests.conftest import CONFIGS, NUM_TRAIN, REPO, VAL_SIZE, run_folder, tiny
+
+TRAIN_SIZE = NUM_TRAIN - VAL_SIZE
+
+
+def datamodule(data_dir: Path, resident: bool, **kwargs) -> MNISTDataModule:
+    module = MNISTDataModule(data_dir=data_dir, val_size=VAL_SIZE, batch_size=16, resident=resident, **kwargs)
+    module.setup("fit")
+    return module
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_resident_batches_are_the_dataloader_paths_batches(data_dir: Path, split: str) -> None:
+    """Same images, same order, same batch boundaries, epoch after epoch."""
+    resident, loaded = datamodule(data_dir, resident=True), datamodule(data_dir, resident=False)
+    loaders = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader"}
+    fast, slow = getattr(resident, loaders[split])(), getattr(loaded, loaders[split])()
+    for epoch in (0, 1):
+        for loader in (fast, slow):
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+        pairs = list(zip(fast, slow, strict=True))
+        assert len(pairs) == len(fast) == len(slow)
+        for (x_fast, y_fast), (x_slow, y_slow) in pairs:
+            torch.testing.assert_close(x_fast, x_slow, rtol=0, atol=0)
+            assert torch.equal(y_fast, y_slow)
+    if split == "train":
+        first_epoch_labels = torch.cat([y for _, y in fast])
+        assert len(first_epoch_labels) == TRAIN_SIZE  # every training image once an epoch
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_resident_ddp_shares_are_those_of_lightnings_distributed_sampler(
+    data_dir: Path, world_size: int
+) -> None:
+    """Under DDP each rank takes its share of one seeded permutation per epoch, exactly as the
+    DistributedSampler Lightning puts in the DataLoader path (padded so every rank steps as often)."""
+    dataset = datamodule(data_dir, resident=True).datasets["train"]
+    for rank in range(world_size):
+        ours = ResidentBatches(dataset, batch_size=5, num_replicas=world_size, rank=rank, seed=42)
+        lightnings = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=42)
+        for epoch in (0, 3):
+            ours.set_epoch(epoch)
+            lightnings.set_epoch(epoch)
+            assert torch.cat(list(ours)).tolist() == list(lightnings)
+            assert len(ours) == len(list(ours)) == -(-len(lightnings) // 5)
+
+
+def test_resident_batches_group_k_batches_per_call(data_dir: Path) -> None:
+    dataset = datamodule(data_dir, resident=True).datasets["train"]
+    calls = list(ResidentBatches(dataset, batch_size=16, steps_per_call=2))
+    assert [len(call) for call in calls] == [2, 2, 1]  # 72 images: batches of 16,16 | 16,16 | 8
+    assert (
+        torch.cat([batch for call in calls for batch in call]).tolist()
+        == torch.cat(list(ResidentBatches(dataset, batch_size=16))).tolist()
+    )
+    loader = DataLoader(dataset, batch_size=None, sampler=ResidentBatches(dataset, 16, steps_per_call=2))
+    first = next(iter(loader))
+    assert [x.shape for x, _ in first] == [torch.Size([16, 1, 28, 28])] * 2
+
+
+def test_k_steps_per_call_give_the_weights_of_k_single_steps(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2 epochs of the VAE (its noise included) with 4 steps per call and with 1: the same weights, the same
+    step count, the same checkpoint names. (Dynamic binarisation draws from the same stream as the VAE's
+    noise, and K steps per call binarise their K batches first, so with it the draws interleave otherwise:
+    the same distribution, other samples.)"""
+    flags = [
+        "--config", str(CONFIGS / "vae.yaml"), *tiny(data_dir), "--trainer.max_epochs=2",
+        "--trainer.deterministic=true",
+    ]  # fmt: skip
+    runs = {}
+    for k in (1, 4):
+        (tmp_path / f"k{k}").mkdir()
+        monkeypatch.chdir(tmp_path / f"k{k}")
+        runs[k] = main(["fit", *flags, f"--model.steps_per_call={k}"])
+        assert runs[k].datamodule.hparams.steps_per_call == k  # the CLI told the data
+    assert runs[1].trainer.global_step == runs[4].trainer.global_step == 10
+    names = [
+        sorted(p.name for p in (run_folder(tmp_path / f"k{k}", "vae") / "checkpoints").iterdir())
+        for k in (1, 4)
+    ]
+    assert names[0][:2] == names[1][:2] and names[0][0].startswith("epoch=0-step=5-")
+    for name, weight in runs[1].model.state_dict().items():
+        torch.testing.assert_close(runs[4].model.state_dict()[name], weight, rtol=0, atol=1e-6, msg=name)
+
+
+def test_max_steps_counts_optimizer_steps_with_k_steps_per_call(data_dir: Path, in_tmp: Path) -> None:
+    fitted = main(["fit", "--config", str(CONFIGS / "ae.yaml"), *tiny(data_dir), "--model.steps_per_call=4",
+                   "--trainer.max_epochs=5", "--trainer.max_steps=6"])  # fmt: skip
+    assert fitted.trainer.global_step == 6  # not 8: the second call stops after 2 of its 4 steps
+
+
+def test_k_steps_per_call_needs_resident_data(data_dir: Path, in_tmp: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "ae.yaml"), *tiny(data_dir), "--model.steps_per_call=4",
+              "--data.resident=false"])  # fmt: skip
+    assert "steps_per_call 4 needs resident data" in str(exit_info.value)
+
+
+def test_the_dataloader_path_still_fits(data_dir: Path, in_tmp: Path) -> None:
+    fitted = main(["fit", "--config", str(CONFIGS / "ae.yaml"), *tiny(data_dir), "--data.resident=false"])
+    assert not fitted.datamodule.resident and fitted.trainer.global_step == 5
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_on_a_tiny_setting(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "epoch_speed.py"), f"--data-dir={data_dir}",
+         f"--val-size={VAL_SIZE}", "--batch-sizes", "16", "--backbones", "mlp", "conv", "--epochs=1",
+         "--steps-per-call=2", "--quiet", f"--out={out}"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["backbone"], r["pipeline"]) for r in rows] == [
+        (backbone, pipeline)
+        for backbone in ("mlp", "conv")
+        for pipeline in ("conventional", "default", "fast")
+    ]
+    for row in rows:
+        assert row["seconds_per_epoch"] > 0 and row["images_per_second"] > 0 and row["peak_memory_mb"] > 0
+        assert torch.isfinite(torch.tensor(row["final_train_loss"]))
+        assert row["speedup"] > 0
+    assert {row["steps_per_call"] for row in rows if row["pipeline"] == "fast"} == {2}
+    assert "| mlp | 16 | conventional |" in done.stdout
