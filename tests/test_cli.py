@@ -159,7 +159,10 @@ def test_variant_config_fits_and_writes_grids(name: str, data_dir: Path, in_tmp:
         (
             "cvae",
             "--model.num_classes=12",
-            lambda m: m.num_classes == 12 and m.decoder.net(torch.zeros(1, 20 + 12)).shape == (1, 1, 28, 28),
+            lambda m: (
+                m.num_classes == 12
+                and m.decoder.net(torch.zeros(1, m.latent_dim + 12)).shape == (1, 1, 28, 28)
+            ),
         ),
         ("iwae", "--model.num_samples=9", lambda m: m.num_samples == 9),
         ("vqvae", "--model.codebook_size=64", lambda m: m.quantizer.codebook.shape == (64, 8)),
@@ -181,7 +184,7 @@ def test_conditional_vae_predicts_with_the_labels(data_dir: Path, in_tmp: Path) 
     ckpt = run_folder(in_tmp, "cvae") / "checkpoints" / "last.ckpt"
     predicted = main(["predict", "--config", config, *tiny(data_dir), "--ckpt_path", str(ckpt)])
     batches = predicted.trainer.predict_loop.predictions
-    assert torch.cat([batch["latent"] for batch in batches]).shape == (NUM_TEST, 20)
+    assert torch.cat([batch["latent"] for batch in batches]).shape == (NUM_TEST, predicted.model.latent_dim)
     assert torch.isfinite(torch.cat([batch["anomaly_score"] for batch in batches])).all()
     assert torch.equal(
         torch.cat([batch["label"] for batch in batches]), predicted.datamodule.datasets["test"].labels
