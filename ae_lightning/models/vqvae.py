@@ -108,7 +108,8 @@ class VQVAE(AutoencoderBase):
         return loss
 
     def on_validation_epoch_end(self) -> None:
-        # counts of the whole validation set, summed over processes by the metric
+        # counts of the whole validation set, summed over processes by the metric: every process holds the
+        # same values, so averaging them (sync_dist) changes nothing and keeps Lightning's DDP check quiet
         for name, value in self.val_code_usage.compute().items():
-            self.log(f"val/{name}", value)
+            self.log(f"val/{name}", value, sync_dist=True)
         self.val_code_usage.reset()
