@@ -254,6 +254,17 @@ def test_quantizer_picks_the_nearest_code_and_passes_the_gradient_straight_throu
     assert grad_codebook[nearest.unique()].abs().sum() > 0
 
 
+def test_quantizer_keeps_float32_under_mixed_precision() -> None:
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(codebook_size=64, code_dim=4, ema_decay=0.9)
+    z = torch.randn(256, 4)
+    expected = torch.cdist(z.double(), quantizer.codebook.double()).argmin(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = quantizer(z, update=True)
+    assert torch.equal(out.indices, expected)
+    assert quantizer.codebook.dtype == quantizer.ema_code_sum.dtype == torch.float32
+
+
 def test_vqvae_loss_is_reconstruction_plus_codebook_plus_weighted_commitment() -> None:
     model = make(VQVAE, {"codebook_size": 8, "code_dim": 4, "commitment_cost": 0.25})
     x = fixed_batch(count=3)

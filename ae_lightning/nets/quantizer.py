@@ -79,8 +79,9 @@ class VectorQuantizer(nn.Module):
 
     def nearest(self, z: Tensor) -> Tensor:
         """Index of the nearest code of each vector, (N, code_dim) -> (N,)."""
-        with torch.no_grad():
-            codebook = self.codebook.to(z.dtype)
+        # in float32 even under mixed precision: half-precision distances would pick wrong codes
+        with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
+            z, codebook = z.float(), self.codebook.float()
             distances = z.square().sum(1, keepdim=True) - 2 * z @ codebook.T + codebook.square().sum(1)
             return distances.argmin(1)
 
@@ -91,7 +92,9 @@ class VectorQuantizer(nn.Module):
         commitment = (z - code.detach()).square().sum(1)
         codebook_loss = (z.detach() - code).square().sum(1)
         if update:
-            self._update(z.detach(), indices)
+            # the moving averages accumulate over thousands of steps: keep them in float32
+            with torch.autocast(z.device.type, enabled=False):
+                self._update(z.detach().float(), indices)
         return Quantized(z + (code - z).detach(), indices, commitment, codebook_loss)
 
     @torch.no_grad()
@@ -103,7 +106,7 @@ class VectorQuantizer(nn.Module):
         self.usage.mul_(USAGE_DECAY).add_(counts, alpha=1 - USAGE_DECAY)
         if self.ema_decay > 0:
             decay = self.ema_decay
-            sums = _sum_over_processes(one_hot.T @ z.float())
+            sums = _sum_over_processes(one_hot.T @ z)
             self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
             self.ema_code_sum.mul_(decay).add_(sums, alpha=1 - decay)
             total = self.ema_count.sum()
