@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from ae_lightning.callbacks import SampleGridCheckpoint
 from ae_lightning.data import MNISTDataModule
 from ae_lightning.errors import ConfigError
-from ae_lightning.models import AE, VAE, DenoisingAE
+from ae_lightning.models import AE, VAE, VQVAE, ConditionalVAE, DenoisingAE
 from tests.conftest import VAL_SIZE, grid_size, read_png
 
 
@@ -100,3 +100,28 @@ def test_denoising_grid_adds_fixed_corrupted_images_and_their_reconstructions(tm
     # masking only darkens: every corrupted pixel is the clean one or black, and many are black
     assert ((corrupted == clean) | (corrupted == 0)).all()
     assert (corrupted < clean).float().mean() > 0.1
+
+
+def test_conditional_grid_reconstructs_with_the_true_labels_and_samples_a_row_per_class(
+    tmp_path, data_dir
+) -> None:
+    callback = SampleGridCheckpoint(monitor=None, save_top_k=1, save_last=False, num_images=8)
+    model = ConditionalVAE(latent_dim=4, hidden_dims=[32])
+    trainer = fit(tmp_path, data_dir, model, callback, epochs=1)
+    val = trainer.datamodule.datasets["val"]
+    x, labels = torch.stack([val[i][0] for i in range(8)]), val.labels[:8]
+    grid = read_png(next(Path(callback.dirpath).glob("*.png")))
+    assert grid.shape == (3, *grid_size(8, samples=10 * 8))  # 10 class rows of 8
+    model.eval()
+    with torch.no_grad():
+        right, wrong = model(x, labels), model(x, (labels + 1) % 10)
+    shown = grid[0, 32:60, 2:30].float() / 255  # the first image's reconstruction
+    assert (shown - right[0, 0]).abs().max() <= 1 / 255 + 1e-6
+    assert (shown - wrong[0, 0]).abs().max() > 1 / 255
+
+
+def test_model_without_prior_gets_reconstructions_only(tmp_path, data_dir) -> None:
+    callback = SampleGridCheckpoint(monitor=None, save_top_k=1, save_last=False, num_images=8, num_samples=32)
+    fit(tmp_path, data_dir, VQVAE(latent_dim=8, code_dim=4, codebook_size=16, hidden_dims=[32]), callback, 1)
+    grid = read_png(next(Path(callback.dirpath).glob("*.png")))
+    assert grid.shape == (3, *grid_size(8))  # no sample block, though num_samples asks for 32

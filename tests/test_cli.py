@@ -108,9 +108,95 @@ def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture) -> Non
     assert printed["model"]["class_path"].startswith("ae_lightning.models.")
 
 
+#: the variant configs, each with metrics of its own that a fit must log
+VARIANT_CONFIGS = {
+    "sparse_ae": ("val/sparsity", "val/mean_activation"),
+    "contractive_ae": ("val/jacobian_penalty",),
+    "beta_vae": ("train/kl_weight", "val/kl", "val/kl_dim/0", "val/kl_dim/9", "val/active_units"),
+    "cvae": ("val/kl", "val/active_units"),
+    "iwae": ("val/bound", "val/active_units"),
+    "vqvae": ("val/commitment", "train/perplexity", "train/codes_used", "val/perplexity", "val/codes_used"),
+    "vae_conv": ("val/kl", "val/active_units"),
+    "vqvae_conv": ("val/commitment", "val/perplexity", "val/codes_used"),
+}
+
+
+@pytest.mark.parametrize("name", VARIANT_CONFIGS)
+def test_variant_config_fits_and_writes_grids(name: str, data_dir: Path, in_tmp: Path) -> None:
+    """Each variant's config runs alone on a few batches: its own metrics are logged, its grids written."""
+    fitted = main(["fit", "--config", str(CONFIGS / f"{name}.yaml"), *tiny(data_dir),
+                   "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"])  # fmt: skip
+    metrics = fitted.trainer.logged_metrics
+    for metric in ("train/loss", "val/loss", "val/recon", *VARIANT_CONFIGS[name]):
+        assert torch.isfinite(metrics[metric]), metric
+    model = fitted.model
+    # the conditional VAE shows a row of 8 per class; the other VAEs 32 samples; the rest none
+    samples = 10 * 8 if name == "cvae" else 32 if callable(getattr(model, "sample", None)) else 0
+    ckpts = sorted((run_folder(in_tmp, name) / "checkpoints").glob("*.ckpt"))
+    assert len(ckpts) == 2  # the best and last
+    for ckpt in ckpts:
+        assert read_png(ckpt.with_suffix(".png")).shape == (3, *grid_size(16, samples=samples))
+
+
+@pytest.mark.parametrize(
+    "config, flag, read",
+    [
+        ("sparse_ae", "--model.sparsity_penalty=l1", lambda m: m.sparsity_penalty == "l1"),
+        ("sparse_ae", "--model.sparsity_weight=0.3", lambda m: m.sparsity_weight == 0.3),
+        ("sparse_ae", "--model.sparsity_target=0.1", lambda m: m.sparsity_target == 0.1),
+        ("contractive_ae", "--model.contractive_weight=0.5", lambda m: m.contractive_weight == 0.5),
+        ("beta_vae", "--model.beta=8", lambda m: m.beta == 8.0),
+        ("beta_vae", "--model.kl_warmup_steps=10", lambda m: m.kl_warmup_steps == 10),
+        (
+            "cvae",
+            "--model.num_classes=12",
+            lambda m: (
+                m.num_classes == 12
+                and m.decoder.net(torch.zeros(1, m.latent_dim + 12)).shape == (1, 1, 28, 28)
+            ),
+        ),
+        ("iwae", "--model.num_samples=9", lambda m: m.num_samples == 9),
+        ("vqvae", "--model.codebook_size=64", lambda m: m.quantizer.codebook.shape == (64, 8)),
+        ("vqvae", "--model.code_dim=16", lambda m: m.quantizer.codebook.shape == (512, 16)),
+        ("vqvae", "--model.commitment_cost=0.5", lambda m: m.commitment_cost == 0.5),
+        ("vqvae", "--model.ema_decay=0", lambda m: isinstance(m.quantizer.codebook, torch.nn.Parameter)),
+        ("vqvae", "--model.dead_code_threshold=0.1", lambda m: m.quantizer.dead_code_threshold == 0.1),
+    ],
+)
+def test_variant_options_reach_the_model(config: str, flag: str, read, in_tmp: Path) -> None:
+    cli = main(["--config", str(CONFIGS / f"{config}.yaml"), flag], run=False)
+    assert read(cli.model)
+
+
+def test_conditional_vae_predicts_with_the_labels(data_dir: Path, in_tmp: Path) -> None:
+    """predict hands the labels of each batch to the conditional VAE, and returns them."""
+    config = str(CONFIGS / "cvae.yaml")
+    main(["fit", "--config", config, *tiny(data_dir), "--trainer.limit_train_batches=2"])
+    ckpt = run_folder(in_tmp, "cvae") / "checkpoints" / "last.ckpt"
+    predicted = main(["predict", "--config", config, *tiny(data_dir), "--ckpt_path", str(ckpt)])
+    batches = predicted.trainer.predict_loop.predictions
+    assert torch.cat([batch["latent"] for batch in batches]).shape == (NUM_TEST, predicted.model.latent_dim)
+    assert torch.isfinite(torch.cat([batch["anomaly_score"] for batch in batches])).all()
+    assert torch.equal(
+        torch.cat([batch["label"] for batch in batches]), predicted.datamodule.datasets["test"].labels
+    )
+
+
 @pytest.mark.parametrize(
     "config, flag, message",
     [
+        ("sparse_ae", "--model.sparsity_target=0", r"sparsity_target must be a mean activation in \(0, 1\)"),
+        ("sparse_ae", "--model.sparsity_weight=-1", "sparsity_weight must be >= 0"),
+        ("contractive_ae", "--model.contractive_weight=-1", "contractive_weight must be >= 0"),
+        ("beta_vae", "--model.kl_warmup_steps=-1", "kl_warmup_steps must be >= 0"),
+        ("cvae", "--model.num_classes=1", "num_classes must be at least 2"),
+        ("iwae", "--model.num_samples=0", "num_samples must be at least 1"),
+        ("iwae", "--model.beta=2", "IWAE has no KL weight"),
+        ("vqvae", "--model.code_dim=7", "code_dim must be a positive divisor of latent_dim 64"),
+        ("vqvae", "--model.ema_decay=1", r"ema_decay must be in \[0, 1\)"),
+        ("vqvae", "--model.dead_code_threshold=2", r"dead_code_threshold must be in \[0, 1\)"),
+        ("vqvae", "--model.commitment_cost=-0.5", "commitment_cost must be >= 0"),
+        ("vqvae_conv", "--model.codebook_size=1", "codebook_size must be at least 2"),
         ("dae", "--model.noise_std=-0.1", "noise_std must be >= 0"),
         ("vae", "--model.latent_dim=0", "latent_dim must be a positive number"),
         ("ae", "--model.latent_dim=784", "AE needs latent_dim < the input size 784"),

@@ -8,7 +8,17 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from ae_lightning.errors import ConfigError
-from ae_lightning.models import AE, VAE, AutoencoderBase, DenoisingAE
+from ae_lightning.models import (
+    AE,
+    IWAE,
+    VAE,
+    VQVAE,
+    AutoencoderBase,
+    ConditionalVAE,
+    ContractiveAE,
+    DenoisingAE,
+    SparseAE,
+)
 from ae_lightning.models.vae import gaussian_kl
 
 #: every variant with the arguments that make it small; a new variant added here is tested everywhere
@@ -16,8 +26,16 @@ VARIANTS: tuple[tuple[type[AutoencoderBase], dict], ...] = (
     (AE, {}),
     (DenoisingAE, {"noise_std": 0.2, "mask_prob": 0.1, "salt_pepper_prob": 0.05}),
     (VAE, {"beta": 1.0}),
+    (SparseAE, {"sparsity_penalty": "kl", "sparsity_weight": 0.5, "sparsity_target": 0.1}),
+    (ContractiveAE, {"contractive_weight": 0.1}),
+    (VAE, {"beta": 4.0, "kl_warmup_steps": 10}),  # beta-VAE
+    (ConditionalVAE, {"num_classes": 10}),
+    (IWAE, {"num_samples": 3}),
+    (VQVAE, {"codebook_size": 16, "code_dim": 2, "ema_decay": 0.9, "dead_code_threshold": 0.05}),
 )
-VARIANT_IDS = [cls.__name__ for cls, _ in VARIANTS]
+VARIANT_IDS = [
+    f"{cls.__name__}-beta" if "kl_warmup_steps" in extra else cls.__name__ for cls, extra in VARIANTS
+]
 
 
 def make(cls: type[AutoencoderBase], extra: dict, **kwargs) -> AutoencoderBase:
@@ -34,20 +52,26 @@ def fixed_batch(value_range=(0.0, 1.0), count: int = 16) -> torch.Tensor:
     return (images.float() / 255 * (high - low) + low).unsqueeze(1)
 
 
+def fixed_conditions(model: AutoencoderBase, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What `model` takes besides the images of the labelled batch (x, labels of `fixed_batch`)."""
+    return model.conditions_of((x, torch.arange(x.shape[0]) % 10))
+
+
 @pytest.mark.parametrize("cls, extra", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("backbone, hidden_dims", [("mlp", [64]), ("conv", [8, 16])])
 def test_interface_shapes(cls, extra, backbone, hidden_dims) -> None:
     model = make(cls, extra, backbone=backbone, hidden_dims=hidden_dims).eval()
     x = fixed_batch(count=5)
-    code = model.encode(x)
+    given = fixed_conditions(model, x)
+    code = model.encode(x, **given)
     codes = code if isinstance(code, tuple) else (code,)
     assert all(c.shape == (5, 8) for c in codes)
-    assert model.latent(x).shape == (5, 8)
-    assert model.decode(torch.randn(5, 8)).shape == x.shape
-    assert model(x).shape == x.shape
-    score = model.anomaly_score(x)
+    assert model.latent(x, **given).shape == (5, 8)
+    assert model.decode(torch.randn(5, 8), **given).shape == x.shape
+    assert model(x, **given).shape == x.shape
+    score = model.anomaly_score(x, **given)
     assert score.shape == (5,) and torch.isfinite(score).all()
-    terms = model.loss_terms(x, "train")
+    terms = model.loss_terms(x, "train", **given)
     assert all(value.shape == (5,) and torch.isfinite(value).all() for value in terms.values())
 
 
@@ -57,11 +81,12 @@ def test_overfits_a_fixed_batch(cls, extra, backbone, hidden_dims) -> None:
     """150 Adam steps on one batch cut the training loss at least 5-fold (seen: 8x conv to 116x mlp)."""
     model = make(cls, extra, backbone=backbone, hidden_dims=hidden_dims)
     x = fixed_batch()
+    given = fixed_conditions(model, x)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 
     def loss() -> torch.Tensor:
         torch.manual_seed(1)  # the same corruption / posterior noise at both ends
-        return model.loss_terms(x, "train")["loss"].mean()
+        return model.loss_terms(x, "train", **given)["loss"].mean()
 
     first = loss().item()
     for _ in range(150):
@@ -247,7 +272,52 @@ def test_hyperparameters_rebuild_the_same_model(cls, extra) -> None:
     rebuilt = cls(**model.hparams)
     rebuilt.load_state_dict(model.state_dict())
     x = fixed_batch((-1.0, 1.0), count=4)
-    torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
+    given = fixed_conditions(model, x)
+    torch.testing.assert_close(rebuilt.eval()(x, **given), model.eval()(x, **given))
+
+
+@pytest.mark.parametrize("cls, extra", VARIANTS, ids=VARIANT_IDS)
+def test_fits_writes_a_grid_and_reloads_from_its_checkpoint(cls, extra, data_dir, tmp_path) -> None:
+    """A short fit through Lightning: finite losses, a checkpoint with its PNG grid, equal outputs after a
+    reload from the checkpoint."""
+    from lightning.pytorch import Trainer
+
+    from ae_lightning.callbacks import SampleGridCheckpoint
+    from ae_lightning.data import MNISTDataModule
+    from tests.conftest import VAL_SIZE, grid_size, read_png
+
+    model = make(cls, extra, hidden_dims=[32])
+    callback = SampleGridCheckpoint(
+        monitor=None, save_top_k=1, save_last=False, num_images=8, num_samples=16, filename="fitted"
+    )
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        logger=False,
+        callbacks=[callback],
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    datamodule = MNISTDataModule(data_dir=str(data_dir), val_size=VAL_SIZE, batch_size=16)
+    trainer.fit(model, datamodule)
+    assert torch.isfinite(trainer.callback_metrics["val/loss"])
+
+    ckpt = tmp_path / "checkpoints" / "fitted.ckpt"
+    model.eval()
+    if callable(getattr(model, "samples_for_grid", None)):  # its own layout (the CVAE: a row per class)
+        samples = len(model.samples_for_grid(16, nrow=8))
+    else:
+        samples = 16 if callable(getattr(model, "sample", None)) else 0
+    rows_per_image = 4 if callable(getattr(model, "corrupt", None)) else 2
+    assert read_png(ckpt.with_suffix(".png")).shape == (3, *grid_size(8, samples, rows_per_image))
+
+    reloaded = cls.load_from_checkpoint(ckpt).eval()
+    x = fixed_batch(count=6)
+    given = fixed_conditions(model, x)
+    torch.testing.assert_close(reloaded(x, **given), model(x, **given))
 
 
 @pytest.mark.parametrize("cls, extra", VARIANTS, ids=VARIANT_IDS)
@@ -256,6 +326,6 @@ def test_losses_are_float32_under_bfloat16_autocast(cls: type[AutoencoderBase], 
     model = make(cls, extra)
     x = fixed_batch(count=3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert model.encoder(x).dtype == torch.bfloat16  # autocast is on
-        terms = model.loss_terms(x, "train")
+        assert torch.is_autocast_enabled("cpu")
+        terms = model.loss_terms(x, "train", **fixed_conditions(model, x))
     assert {name: term.dtype for name, term in terms.items()} == dict.fromkeys(terms, torch.float32)

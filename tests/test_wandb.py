@@ -112,7 +112,11 @@ def test_offline_run_holds_the_config_once_every_metric_the_grids_and_the_checkp
     # every metric, with its stage prefix, against the trainer's global step
     metrics = {key for row in run["history"] for key in row if not key.startswith(("_", "samples/"))}
     terms = ("loss", "recon", "kl")
+    latent_dim = config["model"]["init_args"]["latent_dim"]
     assert metrics == {f"{stage}/{term}" for stage in ("train", "val") for term in terms} | {
+        "train/kl_weight",
+        "val/active_units",
+        *(f"val/kl_dim/{unit}" for unit in range(latent_dim)),
         "epoch",
         "trainer/global_step",
     }

@@ -32,12 +32,15 @@ class SampleGridCheckpoint(ModelCheckpoint):
     The grid shows rows of fixed validation images, each above its reconstruction (denoising models add a
     row of the images corrupted with a fixed seed and a row of their reconstructions), and for generative
     models (those with a `sample` method) a block of images decoded from fixed prior noise, so grids compare
-    across epochs. The grid is also handed to the attached loggers that take images. Written on global rank
-    zero only; a grid goes when its checkpoint is removed.
+    across epochs; a model with `samples_for_grid(num_samples, nrow, generator)` lays that block out itself
+    (the conditional VAE: one row per class). Models without `sample` (AE, VQ-VAE) show reconstructions
+    only. The grid is also handed to the attached loggers that take images. Written on global rank zero only;
+    a grid goes when its checkpoint is removed.
 
     Args:
         num_images: how many validation images (the first of the validation set) to show.
-        num_samples: how many prior samples to show (generative models only).
+        num_samples: how many prior samples to show (generative models only; the conditional VAE shows one
+            row of `nrow` per class instead).
         nrow: images per row.
         sample_seed: seed of the fixed prior noise.
         monitor, mode, save_top_k, save_last, filename, auto_insert_metric_name, **kwargs:
@@ -78,6 +81,7 @@ class SampleGridCheckpoint(ModelCheckpoint):
         self.nrow = nrow
         self.sample_seed = sample_seed
         self._fixed_images: Tensor | None = None
+        self._fixed_labels: Tensor | None = None  # their labels, when the dataset has them
         self._last_grid: tuple[int, str] | None = None  # (global step, path) of the grid written last
 
     def on_exception(
@@ -143,9 +147,9 @@ class SampleGridCheckpoint(ModelCheckpoint):
                     row = source[start : start + self.nrow]
                     rows.append(torch.cat([row, blank.expand(self.nrow - len(row), *row.shape[1:])]))
             blocks = [torch.cat(rows)]
-            if self.num_samples and callable(getattr(pl_module, "sample", None)):
-                generator = torch.Generator().manual_seed(self.sample_seed)
-                blocks.append(pl_module.sample(self.num_samples, generator=generator).float().cpu())
+            samples = self._samples(pl_module) if self.num_samples else None
+            if samples is not None:
+                blocks.append(samples.float().cpu())
         finally:
             pl_module.train(was_training)
         grids = [
@@ -157,28 +161,46 @@ class SampleGridCheckpoint(ModelCheckpoint):
             parts += [gap, grid]
         return torch.cat(parts, dim=1)
 
+    def _samples(self, pl_module: "pl.LightningModule") -> Tensor | None:
+        """Images decoded from fixed prior noise: laid out by the model where it has `samples_for_grid` (the
+        conditional VAE: one row per class), else `num_samples` from `sample`; None if it cannot sample."""
+        generator = torch.Generator().manual_seed(self.sample_seed)
+        if callable(getattr(pl_module, "samples_for_grid", None)):
+            return pl_module.samples_for_grid(self.num_samples, self.nrow, generator=generator)
+        if callable(getattr(pl_module, "sample", None)):
+            return pl_module.sample(self.num_samples, generator=generator)
+        return None
+
     def _rows_per_image(self, pl_module: "pl.LightningModule", images: Tensor) -> list[Tensor]:
         """What the grid shows of each fixed image, one row each: the image and its reconstruction, and for
         denoising models (those with a `corrupt` method) a corrupted copy and its reconstruction too."""
         x = images.to(pl_module.device, next(pl_module.parameters()).dtype)
-        rows = [images, pl_module(x).float().cpu()]
+        # a conditional model takes the labels as well, in the form its `conditions_of` gives them
+        batch = x if self._fixed_labels is None else (x, self._fixed_labels.to(pl_module.device))
+        conditions_of = getattr(pl_module, "conditions_of", None)
+        conditions = conditions_of(batch) if callable(conditions_of) else {}
+        rows = [images, pl_module(x, **conditions).float().cpu()]
         if callable(getattr(pl_module, "corrupt", None)):
             generator = torch.Generator(device=x.device).manual_seed(self.sample_seed)
             corrupted = pl_module.corrupt(x, generator)
-            rows += [corrupted.float().cpu(), pl_module(corrupted).float().cpu()]
+            rows += [corrupted.float().cpu(), pl_module(corrupted, **conditions).float().cpu()]
         return rows
 
     def fixed_images(self, trainer: "pl.Trainer") -> Tensor:
         """The first `num_images` images of the validation set (of the training set when there is none),
-        read once and kept, so every grid shows the same images whatever the sampler or world size."""
+        read once and kept (with their labels), so every grid shows the same images whatever the sampler or
+        world size."""
         if self._fixed_images is None:
             loaders = (
                 trainer.val_dataloaders if trainer.val_dataloaders is not None else trainer.train_dataloader
             )
             loader: DataLoader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
             dataset = loader.dataset
-            count = min(self.num_images, len(dataset))
-            self._fixed_images = torch.stack([images_of(dataset[i]) for i in range(count)]).float().cpu()
+            items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
+            # .cpu(): resident data lives on the training device
+            self._fixed_images = torch.stack([images_of(item) for item in items]).float().cpu()
+            if not isinstance(items[0], Tensor) and len(items[0]) > 1:
+                self._fixed_labels = torch.stack([torch.as_tensor(item[1]) for item in items]).cpu()
         return self._fixed_images
 
     def _log_grid(self, trainer: "pl.Trainer", grid: Tensor) -> None:

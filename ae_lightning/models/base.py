@@ -89,6 +89,7 @@ class AutoencoderBase(LightningModule):
             )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.latent_dim = latent_dim
+        self.hidden_dims = tuple(hidden_dims)
         self.likelihood = likelihood
         self.image_shape = tuple(image_shape)
         self.value_range: tuple[float, float] = tuple(value_range)
@@ -156,12 +157,17 @@ class AutoencoderBase(LightningModule):
         recon = self.reconstruction_error(x, x)
         return {"loss": recon, "recon": recon}
 
+    def conditions_of(self, batch: Tensor | Sequence[Tensor]) -> dict[str, Tensor]:
+        """What the model takes from a batch besides the images, as keyword arguments of `loss_terms`,
+        `forward`, `latent` and `anomaly_score` (a conditional model's labels); none by default."""
+        return {}
+
     # --- Lightning ---
 
     def _step(self, batch: Tensor | Sequence[Tensor], stage: Stage) -> Tensor:
         """Computes the loss terms of a batch, logs their means as `{stage}/{name}`, returns the loss."""
         x = images_of(batch)
-        terms = self.loss_terms(x, stage)
+        terms = self.loss_terms(x, stage, **self.conditions_of(batch))
         training = stage == "train"
         for name, per_image in terms.items():
             self.log(
@@ -192,7 +198,7 @@ class AutoencoderBase(LightningModule):
             if 0 <= self.trainer.max_steps <= self.trainer.global_step:
                 break
             x = images_of(batch)
-            terms = self.loss_terms(x, "train")
+            terms = self.loss_terms(x, "train", **self.conditions_of(batch))
             optimizer.zero_grad()
             self.manual_backward(terms["loss"].mean())
             optimizer.step()
@@ -222,8 +228,11 @@ class AutoencoderBase(LightningModule):
 
     def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Latent code, anomaly score and (when the batch has one) label of every image."""
-        x = images_of(batch)
-        prediction = {"latent": self.latent(x), "anomaly_score": self.anomaly_score(x)}
+        x, conditions = images_of(batch), self.conditions_of(batch)
+        prediction = {
+            "latent": self.latent(x, **conditions),
+            "anomaly_score": self.anomaly_score(x, **conditions),
+        }
         if not isinstance(batch, Tensor) and len(batch) > 1:
             prediction["label"] = batch[1]
         return prediction

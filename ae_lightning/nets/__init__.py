@@ -5,8 +5,10 @@ from typing import Literal
 
 from torch import nn
 
+from ae_lightning.nets.conditional import OneHotConditionedDecoder, OneHotConditionedEncoder
 from ae_lightning.nets.conv import ConvDecoder, ConvEncoder
 from ae_lightning.nets.mlp import MLPDecoder, MLPEncoder
+from ae_lightning.nets.quantizer import Quantized, VectorQuantizer
 
 Backbone = Literal["mlp", "conv"]
 
@@ -40,6 +42,10 @@ __all__ = [
     "ConvEncoder",
     "MLPDecoder",
     "MLPEncoder",
+    "OneHotConditionedDecoder",
+    "OneHotConditionedEncoder",
+    "Quantized",
+    "VectorQuantizer",
     "build_decoder",
     "build_encoder",
 ]

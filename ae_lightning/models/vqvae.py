@@ -1,0 +1,115 @@
+"""The vector-quantised VAE (van den Oord, Vinyals & Kavukcuoglu, 2017)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from ae_lightning.errors import ConfigError
+from ae_lightning.metrics import CodeUsage, usage_statistics
+from ae_lightning.models.base import AutoencoderBase, Stage, images_of
+from ae_lightning.nets.quantizer import Quantized, VectorQuantizer
+
+
+class VQVAE(AutoencoderBase):
+    """Autoencoder with a discrete code: the encoder's `latent_dim` outputs are cut into
+    latent_dim / code_dim vectors, each replaced by its nearest codebook entry before decoding.
+
+    loss = reconstruction + ||sg(z) - e||^2 (the codebook term; absent with EMA updates) + commitment_cost *
+    ||z - sg(e)||^2, summed over the vectors of an image; gradients pass the quantizer straight through.
+    There is no prior to sample from (the paper fits one afterwards), so grids show reconstructions only. Logs
+    `commitment` and `codebook` (unweighted), the codebook `perplexity` and the fraction of codes used
+    (`codes_used`): per training step, and over the whole validation set at the end of each epoch.
+
+    Args:
+        codebook_size: number of codebook entries.
+        code_dim: size of each code vector; must divide `latent_dim`.
+        commitment_cost: beta, the weight of the commitment term (the paper: 0.25).
+        ema_decay: 0 learns the codebook by gradient; a value in (0, 1), e.g. 0.99, updates it as a moving
+            average of the encoder vectors assigned to each code instead.
+        dead_code_threshold: 0 (off), or codes used less than this fraction of the average code (moving
+            average of uses per step) are moved onto random encoder vectors of the current batch.
+        **kwargs: the arguments of `AutoencoderBase`.
+    """
+
+    def __init__(
+        self,
+        codebook_size: int = 512,
+        code_dim: int = 8,
+        commitment_cost: float = 0.25,
+        ema_decay: float = 0.0,
+        dead_code_threshold: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if codebook_size < 2:
+            raise ConfigError(f"codebook_size must be at least 2, got {codebook_size}")
+        if code_dim < 1 or self.latent_dim % code_dim:
+            raise ConfigError(
+                f"code_dim must be a positive divisor of latent_dim {self.latent_dim} (each image's code is "
+                f"cut into latent_dim / code_dim vectors), got {code_dim}"
+            )
+        if commitment_cost < 0:
+            raise ConfigError(f"commitment_cost must be >= 0, got {commitment_cost}")
+        if not 0 <= ema_decay < 1:
+            raise ConfigError(
+                f"ema_decay must be in [0, 1) (0: codebook learnt by gradient), got {ema_decay}"
+            )
+        if not 0 <= dead_code_threshold < 1:
+            raise ConfigError(
+                "dead_code_threshold must be in [0, 1): a fraction of the average code's use (0: no reset), "
+                f"got {dead_code_threshold}"
+            )
+        self.code_dim = code_dim
+        self.commitment_cost = commitment_cost
+        self.quantizer = VectorQuantizer(codebook_size, code_dim, ema_decay, dead_code_threshold)
+        self.val_code_usage = CodeUsage(codebook_size)
+
+    def quantize(self, z: Tensor, update: bool = False) -> Quantized:
+        """Encoder output (B, latent_dim) -> codes (B, latent_dim), indices (B, latent_dim / code_dim) and
+        the commitment and codebook terms summed per image (B,); `update` (training) updates the codebook."""
+        batch = z.shape[0]
+        quantized = self.quantizer(z.reshape(-1, self.code_dim), update=update)
+        return Quantized(
+            quantized.codes.reshape(batch, -1),
+            quantized.indices.reshape(batch, -1),
+            quantized.commitment.reshape(batch, -1).sum(1),
+            quantized.codebook.reshape(batch, -1).sum(1),
+        )
+
+    def latent(self, x: Tensor) -> Tensor:
+        """The quantised code, (B, latent_dim)."""
+        return self.quantize(self.encode(x)).codes
+
+    def codes(self, x: Tensor) -> Tensor:
+        """Codebook indices of each image, (B, latent_dim / code_dim)."""
+        return self.quantize(self.encode(x)).indices
+
+    def loss_terms(self, x: Tensor, stage: Stage) -> dict[str, Tensor]:
+        quantized = self.quantize(self.encode(x), update=stage == "train")
+        recon = self.reconstruction_loss(self.decoder(quantized.codes), x)
+        loss = recon + self.commitment_cost * quantized.commitment
+        terms = {"loss": loss, "recon": recon, "commitment": quantized.commitment}
+        if self.quantizer.ema_decay == 0:  # with EMA updates the codebook takes no gradient
+            terms["loss"] = loss + quantized.codebook
+            terms["codebook"] = quantized.codebook
+        return terms
+
+    def training_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
+        loss = super().training_step(batch, batch_idx)
+        # the counts of this step, already summed over processes by the quantizer
+        for name, value in usage_statistics(self.quantizer.last_counts).items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
+        loss = super().validation_step(batch, batch_idx)
+        self.val_code_usage.update(self.codes(images_of(batch)))
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        # counts of the whole validation set, summed over processes by the metric: every process holds the
+        # same values, so averaging them (sync_dist) changes nothing and keeps Lightning's DDP check quiet
+        for name, value in self.val_code_usage.compute().items():
+            self.log(f"val/{name}", value, sync_dist=True)
+        self.val_code_usage.reset()
