@@ -1,0 +1,220 @@
+"""Using a trained model: predictions written to files, and the one-class anomaly protocol."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ae_lightning.anomaly import OneClassMetrics, ScoreQuantile, squash
+from ae_lightning.callbacks import PredictionWriter
+from ae_lightning.cli import main
+from ae_lightning.data import MNISTDataModule
+from ae_lightning.errors import ConfigError
+from tests.conftest import CONFIGS, NUM_TEST, REPO, VAL_SIZE, run_folder, tiny
+
+AE, ANOMALY = str(CONFIGS / "ae.yaml"), str(CONFIGS / "anomaly.yaml")
+
+
+# --- the metrics, on hand-made cases ---
+
+
+def test_one_class_metrics_match_a_hand_made_case() -> None:
+    """Scores 10, 40, 35, 80 for targets normal, normal, anomaly, anomaly: of the 4 (anomaly, normal) pairs
+    3 are ranked right (AUROC 0.75); ranked by score the anomalies come at precision 1 (80) and 2/3 (35), so
+    AP = (1 + 2/3) / 2; at threshold 30 the flags are 0 1 1 1: TP 2, FP 1, FN 0, F1 = 4 / 5. Scores this
+    large would all round to 1 in torchmetrics' sigmoid: the metrics must still rank them."""
+    metrics = OneClassMetrics()
+    scores, targets = torch.tensor([10.0, 40.0, 35.0, 80.0]), torch.tensor([False, False, True, True])
+    metrics.update(scores[:2], targets[:2], threshold=30.0)  # two batches: the state accumulates
+    metrics.update(scores[2:], targets[2:], threshold=30.0)
+    assert metrics.auroc.compute().item() == pytest.approx(0.75)
+    assert metrics.aupr.compute().item() == pytest.approx((1 + 2 / 3) / 2)
+    assert metrics.f1.compute().item() == pytest.approx(0.8)
+
+
+def test_squash_keeps_the_order_of_large_scores() -> None:
+    scores = torch.tensor([-5.0, 0.0, 100.0, 100.5, 5000.0])
+    squashed = squash(scores)
+    assert ((squashed > 0) & (squashed < 1)).all() and (squashed.diff() > 0).all()
+
+
+def test_threshold_is_the_quantile_of_normal_scores() -> None:
+    """Scores 1..100 seen in two batches: the 0.95 quantile ("higher") is 96, exceeded by 4% of them."""
+    quantile = ScoreQuantile(0.95)
+    scores = torch.randperm(100).float() + 1
+    quantile.update(scores[:30])
+    quantile.update(scores[30:])
+    threshold = quantile.compute().item()
+    assert threshold == 96.0
+    assert (scores > threshold).float().mean().item() <= 0.05
+
+
+@pytest.mark.parametrize("quantile", [0.0, 1.0, 1.5])
+def test_a_quantile_outside_0_1_is_refused(quantile: float) -> None:
+    with pytest.raises(ConfigError, match="anomaly_quantile"):
+        ScoreQuantile(quantile)
+
+
+# --- the one-class split ---
+
+
+def test_normal_classes_keep_train_and_val_normal_and_test_whole(data_dir: Path) -> None:
+    datamodule = MNISTDataModule(data_dir=data_dir, val_size=VAL_SIZE, normal_classes=[3, 5])
+    datamodule.setup("fit")
+    whole = MNISTDataModule(data_dir=data_dir, val_size=VAL_SIZE)
+    whole.setup("fit")
+    for split in ("train", "val"):
+        labels = datamodule.datasets[split].labels
+        # the split of all images, then filtered: the same images as the full split's 3s and 5s
+        expected = whole.datasets[split].labels
+        assert torch.equal(labels, expected[(expected == 3) | (expected == 5)])
+        assert not datamodule.datasets[split].is_anomaly.any()
+    test = datamodule.datasets["test"]
+    assert len(test) == NUM_TEST
+    assert torch.equal(test.is_anomaly, (test.labels != 3) & (test.labels != 5))
+    image, label, is_anomaly = test[0]
+    assert image.shape == (1, 28, 28) and bool(is_anomaly) == (int(label) not in (3, 5))
+
+
+@pytest.mark.parametrize("normal_classes", [[], [10], list(range(10))])
+def test_normal_classes_must_leave_some_anomalies(normal_classes: list[int], data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="normal_classes"):
+        MNISTDataModule(data_dir=data_dir, normal_classes=normal_classes)
+
+
+# --- through the real command ---
+
+
+def read_predictions(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "predictions.pt")
+
+
+def auroc_by_pairs(scores: torch.Tensor, is_anomaly: torch.Tensor) -> float:
+    """The fraction of (anomaly, normal) pairs ranked right, ties counting one half."""
+    anomalous, normal = scores[is_anomaly], scores[~is_anomaly]
+    difference = anomalous[:, None] - normal[None, :]
+    return ((difference > 0).double() + 0.5 * (difference == 0).double()).mean().item()
+
+
+def test_anomaly_config_fits_tests_and_flags_predictions(data_dir: Path, in_tmp: Path) -> None:
+    """fit sets the threshold at the 95th percentile of the validation scores; test logs AUROC, AUPR and F1
+    of the checkpoint; predict writes every test image with its flag, score > threshold."""
+    fitted = main(["fit", "--config", ANOMALY, *tiny(data_dir)])
+    model = fitted.model.eval()
+    val = fitted.datamodule.datasets["val"]
+    with torch.no_grad():
+        val_scores = model.anomaly_score(val.images.float() / 255)
+    threshold = model.anomaly_threshold
+    assert threshold == pytest.approx(
+        torch.quantile(val_scores, 0.95, interpolation="higher").item(), rel=1e-5
+    )
+    ckpt = run_folder(in_tmp, "anomaly") / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["anomaly_threshold"] == threshold
+
+    tested = main(["test", "--config", ANOMALY, *tiny(data_dir), "--ckpt_path", str(ckpt)])
+    metrics = tested.trainer.callback_metrics
+
+    main(["predict", "--config", ANOMALY, *tiny(data_dir), "--ckpt_path", str(ckpt)])
+    predictions = read_predictions(run_folder(in_tmp, "anomaly", version=2))
+    scores, labels = predictions["anomaly_score"], predictions["label"]
+    is_anomaly = labels != 3
+    assert torch.equal(predictions["is_anomaly"], scores > threshold)
+    # the AE's scores are deterministic: the logged metrics are those of the predicted scores
+    assert metrics["test/auroc"].item() == pytest.approx(auroc_by_pairs(scores, is_anomaly), abs=1e-6)
+    flags = predictions["is_anomaly"]
+    true_positives = (flags & is_anomaly).sum().item()
+    f1 = 2 * true_positives / (flags.sum().item() + is_anomaly.sum().item())
+    assert metrics["test/f1"].item() == pytest.approx(f1)
+    assert 0 < metrics["test/aupr"].item() <= 1
+    assert metrics["test/anomaly_threshold"].item() == pytest.approx(threshold)
+
+
+def test_without_normal_classes_test_logs_no_anomaly_metrics(data_dir: Path, in_tmp: Path) -> None:
+    tested = main(["fit", "--config", AE, *tiny(data_dir)])
+    assert tested.model.anomaly_threshold is None
+    assert not any("auroc" in name or "threshold" in name for name in tested.trainer.callback_metrics)
+
+
+def test_a_bad_anomaly_quantile_exits_with_a_message(data_dir: Path, in_tmp: Path) -> None:
+    with pytest.raises(SystemExit, match="anomaly_quantile must lie strictly between 0 and 1"):
+        main(["fit", "--config", ANOMALY, *tiny(data_dir), "--model.anomaly_quantile=95"])
+
+
+def test_predict_writes_one_ordered_file_and_its_csv(data_dir: Path, in_tmp: Path) -> None:
+    main(["fit", "--config", AE, *tiny(data_dir)])
+    ckpt = run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt"
+    predicted = main(["predict", "--config", AE, *tiny(data_dir), "--ckpt_path", str(ckpt)])
+    run = run_folder(in_tmp, "ae", version=1)
+    predictions = read_predictions(run)
+    assert set(predictions) == {"latent", "anomaly_score", "label", "index"}  # no threshold: no flag
+    assert torch.equal(predictions["index"], torch.arange(NUM_TEST))
+    assert torch.equal(predictions["label"], predicted.datamodule.datasets["test"].labels)
+    assert predictions["latent"].shape == (NUM_TEST, 20)
+    model = type(predicted.model).load_from_checkpoint(ckpt).eval()
+    images = predicted.datamodule.datasets["test"].images.float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(predictions["latent"], model.latent(images))
+        torch.testing.assert_close(predictions["anomaly_score"], model.anomaly_score(images))
+
+    with (run / "predictions.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == NUM_TEST and list(rows[0])[:3] == ["index", "label", "anomaly_score"]
+    assert [int(row["label"]) for row in rows] == predictions["label"].tolist()
+    assert float(rows[5]["latent_19"]) == pytest.approx(predictions["latent"][5, 19].item())
+
+
+def test_a_listed_prediction_writer_picks_the_formats(data_dir: Path, in_tmp: Path) -> None:
+    main(["fit", "--config", AE, *tiny(data_dir)])
+    ckpt = run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt"
+    writer = "--trainer.callbacks+=ae_lightning.callbacks.PredictionWriter"
+    main(["predict", "--config", AE, *tiny(data_dir), writer, "--trainer.callbacks.formats=[npz]",
+          "--ckpt_path", str(ckpt)])  # fmt: skip
+    run = run_folder(in_tmp, "ae", version=1)
+    assert sorted(path.name for path in run.glob("predictions.*")) == ["predictions.npz", "predictions.pt"]
+    arrays, tensors = np.load(run / "predictions.npz"), read_predictions(run)
+    for name, tensor in tensors.items():
+        assert np.array_equal(arrays[name], tensor.numpy())
+
+
+def test_an_unknown_prediction_format_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown prediction format"):
+        PredictionWriter(formats=["parquet"])
+
+
+@pytest.mark.slow
+def test_ddp_predict_on_two_processes_writes_the_single_process_file(data_dir: Path, in_tmp: Path) -> None:
+    """Two CPU processes each predict part of the test set; one file, in dataset order, equal to the
+    single-process file."""
+    tmp_path = in_tmp
+    main(["fit", "--config", AE, *tiny(data_dir)])
+    ckpt = str(run_folder(tmp_path, "ae") / "checkpoints" / "last.ckpt")
+    # 40 test images in batches of 16 over 2 processes: shares of 20 in batches of 16 and 4
+    args = [
+        sys.executable,
+        str(REPO / "cli.py"),
+        "predict",
+        "--config",
+        AE,
+        *tiny(data_dir),
+        "--ckpt_path",
+        ckpt,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    ddp = ["--trainer.devices=2", "--trainer.strategy=ddp"]
+    for extra in (ddp, []):
+        result = subprocess.run(args + extra, capture_output=True, text=True, timeout=240, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ("GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr) == bool(extra)
+    ddp_run, one_run = run_folder(tmp_path, "ae", version=1), run_folder(tmp_path, "ae", version=2)
+    assert sorted(p.name for p in ddp_run.glob("predictions.*")) == ["predictions.csv", "predictions.pt"]
+    merged, single = read_predictions(ddp_run), read_predictions(one_run)
+    assert torch.equal(merged["index"], torch.arange(NUM_TEST))
+    assert merged.keys() == single.keys()
+    for name in single:
+        torch.testing.assert_close(merged[name], single[name], msg=name)
+    assert (ddp_run / "predictions.csv").read_text() == (one_run / "predictions.csv").read_text()
