@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.distributions import Normal
 
 from ae_lightning.anomaly import OneClassMetrics, ScoreQuantile, squash
 from ae_lightning.callbacks import PredictionWriter
 from ae_lightning.cli import main
 from ae_lightning.data import MNISTDataModule
 from ae_lightning.errors import ConfigError
+from ae_lightning.models import VAE
 from tests.conftest import CONFIGS, NUM_TEST, REPO, VAL_SIZE, run_folder, tiny
 
 AE, ANOMALY = str(CONFIGS / "ae.yaml"), str(CONFIGS / "anomaly.yaml")
@@ -218,3 +220,67 @@ def test_ddp_predict_on_two_processes_writes_the_single_process_file(data_dir: P
     for name in single:
         torch.testing.assert_close(merged[name], single[name], msg=name)
     assert (ddp_run / "predictions.csv").read_text() == (one_run / "predictions.csv").read_text()
+
+
+# --- the test NLL of the Bernoulli VAE ---
+
+
+def bernoulli_vae() -> VAE:
+    torch.manual_seed(0)
+    return VAE(likelihood="bernoulli", latent_dim=4, hidden_dims=[32]).eval()
+
+
+def binary_batch(count: int = 6) -> torch.Tensor:
+    return torch.bernoulli(torch.rand(count, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
+
+
+def test_nll_with_one_sample_is_minus_the_elbo_on_the_same_draw() -> None:
+    model, x = bernoulli_vae(), binary_batch()
+    torch.manual_seed(3)
+    nll = model.negative_log_likelihood(x, 1)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        mu, logvar = model.encoder(x).chunk(2, dim=1)
+        std = (0.5 * logvar).exp()
+        z = mu + std * torch.randn_like(mu)  # the draw rsample makes with the same seed
+        logits = model.decoder(z)
+        log_likelihood = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        elbo = (
+            log_likelihood.sum((1, 2, 3))
+            + Normal(0.0, 1.0).log_prob(z).sum(1)
+            - Normal(mu, std).log_prob(z).sum(1)
+        )
+    torch.testing.assert_close(nll, -elbo)
+
+
+def test_nll_bound_tightens_as_k_grows_and_chunks_change_nothing() -> None:
+    model, x = bernoulli_vae(), binary_batch()
+    torch.manual_seed(0)
+    means = {
+        k: torch.stack([model.negative_log_likelihood(x, k) for _ in range(10)]).mean().item()
+        for k in (1, 10, 100)
+    }
+    assert means[1] > means[10] > means[100]  # an upper bound on the NLL, falling towards it
+    # k = 500 decoded 7 draws at a time or all at once: the same estimate up to Monte Carlo noise
+    chunked = model.negative_log_likelihood(x, 500, chunk_size=7)
+    whole = model.negative_log_likelihood(x, 500, chunk_size=500)
+    torch.testing.assert_close(chunked, whole, rtol=0.005, atol=0.0)
+
+
+def test_a_negative_nll_samples_is_refused() -> None:
+    with pytest.raises(ConfigError, match="nll_samples must be >= 0"):
+        VAE(nll_samples=-1)
+
+
+def test_bernoulli_vae_config_logs_the_test_nll(data_dir: Path, in_tmp: Path) -> None:
+    config = str(CONFIGS / "vae_bernoulli.yaml")
+    main(["fit", "--config", config, *tiny(data_dir)])
+    ckpt = str(run_folder(in_tmp, "vae_bernoulli") / "checkpoints" / "last.ckpt")
+    tested = main(
+        ["test", "--config", config, *tiny(data_dir), "--model.nll_samples=50", "--ckpt_path", ckpt]
+    )
+    metrics = tested.trainer.callback_metrics
+    # 50 importance samples give a tighter bound than the one-sample negative ELBO (recon + analytic KL)
+    assert 0 < metrics["test/nll"].item() < (metrics["test/recon"] + metrics["test/kl"]).item()
+    off = main(["test", "--config", config, *tiny(data_dir), "--model.nll_samples=0", "--ckpt_path", ckpt])
+    assert "test/nll" not in off.trainer.callback_metrics

@@ -64,6 +64,11 @@ class AutoencoderBase(LightningModule):
             `is_anomaly` flag. `test/auroc` and `test/aupr` need no threshold.
     """
 
+    #: arguments that set only how the model is evaluated, not what it learns: kept out of the hyperparameters
+    #: saved in checkpoints, because the CLI gives a checkpoint's hyperparameters precedence over the command
+    #: line, and `test --model.<name> N --ckpt_path X` must use N
+    evaluation_arguments: tuple[str, ...] = ()
+
     def __init__(
         self,
         latent_dim: int = 20,
@@ -102,7 +107,7 @@ class AutoencoderBase(LightningModule):
                 "set --data.value_range '[0, 1]' (and --data.binarize true for binarised images), "
                 "or use likelihood 'gaussian'"
             )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", *self.evaluation_arguments])
         self.latent_dim = latent_dim
         self.hidden_dims = tuple(hidden_dims)
         self.likelihood = likelihood
