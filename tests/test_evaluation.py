@@ -1,6 +1,7 @@
 """Using a trained model: predictions written to files, and the one-class anomaly protocol."""
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -10,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ae_lightning.anomaly import OneClassMetrics, ScoreQuantile, squash
-from ae_lightning.callbacks import PredictionWriter
+from ae_lightning.callbacks import FeatureQuality, PredictionWriter
 from ae_lightning.cli import main
 from ae_lightning.data import MNISTDataModule
 from ae_lightning.errors import ConfigError
+from ae_lightning.features import knn_accuracy, linear_probe_accuracy
 from ae_lightning.models import VAE
 from tests.conftest import CONFIGS, NUM_TEST, REPO, VAL_SIZE, run_folder, tiny
 
@@ -284,3 +287,93 @@ def test_bernoulli_vae_config_logs_the_test_nll(data_dir: Path, in_tmp: Path) ->
     assert 0 < metrics["test/nll"].item() < (metrics["test/recon"] + metrics["test/kl"]).item()
     off = main(["test", "--config", config, *tiny(data_dir), "--model.nll_samples=0", "--ckpt_path", ckpt])
     assert "test/nll" not in off.trainer.callback_metrics
+
+
+# --- feature quality ---
+
+
+def blobs(count: int, seed: int, shift: float = 6.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three well-separated Gaussian blobs in 4-d (class c centred at shift x e_c), labels 0..2."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 3
+    points = torch.randn(count, 4, generator=generator)
+    points[torch.arange(count), labels] += shift
+    return points, labels
+
+
+def test_probe_and_knn_classify_separable_blobs_perfectly() -> None:
+    (train_z, train_y), (test_z, test_y) = blobs(300, seed=0), blobs(90, seed=1)
+    assert linear_probe_accuracy(train_z, train_y, test_z, test_y) == 1.0
+    assert knn_accuracy(train_z, train_y, test_z, test_y, k=5, chunk_size=7) == 1.0
+
+
+def test_probe_and_knn_are_at_chance_on_random_labels() -> None:
+    (train_z, _), (test_z, _) = blobs(600, seed=0, shift=0.0), blobs(600, seed=1, shift=0.0)
+    generator = torch.Generator().manual_seed(2)
+    train_y, test_y = (
+        torch.randint(0, 2, (600,), generator=generator),
+        torch.randint(0, 2, (600,), generator=generator),
+    )
+    assert abs(linear_probe_accuracy(train_z, train_y, test_z, test_y) - 0.5) < 0.08
+    assert abs(knn_accuracy(train_z, train_y, test_z, test_y) - 0.5) < 0.08
+
+
+def test_knn_votes_among_the_nearest_points() -> None:
+    """On a line: class 0 at 0, 1, 2 and class 1 at 10, 11, 12 and 3. With k = 3, the point 2.6 has the
+    neighbours 3 (class 1), 2 and 1 (class 0): class 0 wins; with k = 1 the nearest, 3, gives class 1."""
+    train_z = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0], [3.0]])
+    train_y = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    test_z, test_y = torch.tensor([[2.6], [10.5]]), torch.tensor([0, 1])
+    assert knn_accuracy(train_z, train_y, test_z, test_y, k=3) == 1.0
+    assert knn_accuracy(train_z, train_y, test_z, test_y, k=1) == 0.5
+
+
+def test_feature_quality_is_logged_by_test_from_the_models_latents(data_dir: Path, in_tmp: Path) -> None:
+    fitted = main(["fit", "--config", AE, *tiny(data_dir)])
+    ckpt = str(run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt")
+    tested = main(["test", "--config", AE, *tiny(data_dir), "--ckpt_path", ckpt])
+    metrics = tested.trainer.callback_metrics
+    model = fitted.model.eval()
+    train, test = (tested.datamodule.datasets[split] for split in ("train", "test"))
+    with torch.no_grad():
+        train_z, test_z = (model.latent(split.images.float() / 255) for split in (train, test))
+    expected_probe = linear_probe_accuracy(train_z, train.labels, test_z, test.labels)
+    expected_knn = knn_accuracy(train_z, train.labels, test_z, test.labels, k=5)
+    assert metrics["test/linear_probe_acc"].item() == pytest.approx(expected_probe)
+    assert metrics["test/knn_acc"].item() == pytest.approx(expected_knn)
+    # the tiny digits are a square whose place is the class: easy features
+    assert expected_knn > 0.5
+
+
+def test_feature_quality_refuses_bad_options() -> None:
+    with pytest.raises(ConfigError, match="knn_k >= 1"):
+        FeatureQuality(knn_k=0)
+
+
+# --- reconstruction quality ---
+
+
+@pytest.mark.parametrize("name", ["ae", "vae"])
+def test_test_logs_mse_psnr_and_ssim_of_the_reconstructions(name: str, data_dir: Path, in_tmp: Path) -> None:
+    """The AE's recon term is the summed squared error, so MSE = recon / 784; PSNR = 10 log10(range^2 /
+    MSE) with range 1 for [0, 1] data (AE) and 2 for [-1, 1] data (VAE); SSIM that of the checkpoint's
+    reconstructions."""
+    config = str(CONFIGS / f"{name}.yaml")
+    main(["fit", "--config", config, *tiny(data_dir)])
+    ckpt = run_folder(in_tmp, name) / "checkpoints" / "last.ckpt"
+    tested = main(["test", "--config", config, *tiny(data_dir), "--ckpt_path", str(ckpt)])
+    metrics = tested.trainer.callback_metrics
+    model = type(tested.model).load_from_checkpoint(ckpt).eval()
+    test = tested.datamodule.datasets["test"]
+    x = test[torch.arange(len(test))][0]
+    with torch.no_grad():
+        reconstruction = model(x)
+    mse = (reconstruction - x).square().mean().item()
+    data_range = 2.0 if name == "vae" else 1.0
+    assert metrics["test/mse"].item() == pytest.approx(mse, rel=1e-5)
+    if name == "ae":
+        assert metrics["test/mse"].item() == pytest.approx(metrics["test/recon"].item() / 784, rel=1e-5)
+    assert metrics["test/psnr"].item() == pytest.approx(10 * math.log10(data_range**2 / mse), rel=1e-5)
+    expected_ssim = structural_similarity_index_measure(reconstruction, x, data_range=data_range).item()
+    assert metrics["test/ssim"].item() == pytest.approx(expected_ssim, rel=1e-4)
+    assert -1 < expected_ssim < 1

@@ -1,7 +1,8 @@
 """Lightning callbacks."""
 
+from ae_lightning.callbacks.feature_quality import FeatureQuality
 from ae_lightning.callbacks.prediction_writer import PredictionWriter
 from ae_lightning.callbacks.run_config import SaveRunConfig
 from ae_lightning.callbacks.sample_grid import SampleGridCheckpoint
 
-__all__ = ["PredictionWriter", "SampleGridCheckpoint", "SaveRunConfig"]
+__all__ = ["FeatureQuality", "PredictionWriter", "SampleGridCheckpoint", "SaveRunConfig"]

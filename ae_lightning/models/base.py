@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
+from torchmetrics import MeanSquaredError
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ae_lightning.anomaly import DEFAULT_ANOMALY_QUANTILE, OneClassMetrics, ScoreQuantile
 from ae_lightning.errors import CheckpointError, ConfigError
@@ -127,6 +129,11 @@ class AutoencoderBase(LightningModule):
         self.val_anomaly_scores = ScoreQuantile(anomaly_quantile)
         self.test_one_class = OneClassMetrics()
         self.anomaly_threshold: float | None = None
+        # reconstruction quality at test, over the whole test set (and all devices), in the data's units
+        data_range = self.value_range[1] - self.value_range[0]
+        self.test_mse = MeanSquaredError()
+        self.test_psnr = PeakSignalNoiseRatio(data_range=data_range)
+        self.test_ssim = StructuralSimilarityIndexMeasure(data_range=data_range)
 
     def _encoder_out_dim(self) -> int:
         """How many numbers the encoder gives per image (a VAE needs two per latent unit)."""
@@ -276,7 +283,23 @@ class AutoencoderBase(LightningModule):
         return self._step(batch, "val")
 
     def test_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
+        loss = self._step(batch, "test")
+        self._evaluate_reconstructions(batch)
+        return loss
+
+    @torch.no_grad()
+    def _evaluate_reconstructions(self, batch: Tensor | Sequence[Tensor]) -> None:
+        """Logs `test/mse` (per pixel), `test/psnr` (dB, from the MSE of the whole set) and `test/ssim` (mean
+        over images) of the reconstructions `model(x)` (for a VAE: decoded posterior means)."""
+        x = images_of(batch)
+        reconstruction = self(x, **self.conditions_of(batch)).float()
+        x = x.float()
+        self.test_mse.update(reconstruction, x)
+        self.test_psnr.update(reconstruction, x)
+        self.test_ssim.update(reconstruction, x)
+        for name in ("mse", "psnr", "ssim"):
+            metric = getattr(self, f"test_{name}")
+            self.log(f"test/{name}", metric, on_step=False, on_epoch=True, batch_size=x.shape[0])
 
     def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Latent code, anomaly score and (when the batch has one) label of every image."""
