@@ -15,12 +15,13 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ae_lightning.anomaly import OneClassMetrics, ScoreQuantile, squash
 from ae_lightning.callbacks import FeatureQuality, PredictionWriter
+from ae_lightning.callbacks.test_pictures import ANOMALY_COLOUR, NORMAL_COLOUR, histogram_image, scatter_image
 from ae_lightning.cli import main
 from ae_lightning.data import MNISTDataModule
 from ae_lightning.errors import ConfigError
 from ae_lightning.features import knn_accuracy, linear_probe_accuracy
 from ae_lightning.models import VAE
-from tests.conftest import CONFIGS, NUM_TEST, REPO, VAL_SIZE, run_folder, tiny
+from tests.conftest import CONFIGS, NUM_TEST, REPO, VAL_SIZE, read_png, run_folder, tiny
 
 AE, ANOMALY = str(CONFIGS / "ae.yaml"), str(CONFIGS / "anomaly.yaml")
 
@@ -377,3 +378,45 @@ def test_test_logs_mse_psnr_and_ssim_of_the_reconstructions(name: str, data_dir:
     expected_ssim = structural_similarity_index_measure(reconstruction, x, data_range=data_range).item()
     assert metrics["test/ssim"].item() == pytest.approx(expected_ssim, rel=1e-4)
     assert -1 < expected_ssim < 1
+
+
+# --- pictures ---
+
+
+def test_scatter_and_histogram_are_drawn_to_size() -> None:
+    points, labels = torch.randn(50, 2), torch.arange(50) % 10
+    assert scatter_image(points, labels, size=200).shape == (3, 200, 200)
+    histogram = histogram_image(torch.randn(100), torch.randn(30) + 3, threshold=1.0, size=(300, 120))
+    assert histogram.shape == (3, 120, 300) and histogram.min() >= 0 and histogram.max() <= 1
+    # the two colours are there: blue bars of normal scores, red bars of anomalous ones
+    pixels = {tuple(pixel) for pixel in (histogram * 255).round().long().flatten(1).T.tolist()}
+    assert {NORMAL_COLOUR, ANOMALY_COLOUR} <= pixels
+
+
+def test_anomaly_run_draws_the_most_and_least_anomalous_images(data_dir: Path, in_tmp: Path) -> None:
+    main(["fit", "--config", ANOMALY, *tiny(data_dir)])
+    ckpt = run_folder(in_tmp, "anomaly") / "checkpoints" / "last.ckpt"
+    tested = main(["test", "--config", ANOMALY, *tiny(data_dir), "--ckpt_path", str(ckpt)])
+    run = run_folder(in_tmp, "anomaly", version=1)
+    anomalies = read_png(run / "anomalies.png")
+    # two blocks of 16 test images in rows of 8 (30-pixel cells), 6 pixels apart
+    assert anomalies.shape == (3, 2 * (2 * 30 + 2) + 6, 8 * 30 + 2)
+    assert read_png(run / "anomaly_histogram.png").shape == (3, 300, 600)
+    model = type(tested.model).load_from_checkpoint(ckpt).eval()
+    images = tested.datamodule.datasets["test"].images
+    with torch.no_grad():
+        most = model.anomaly_score(images.float() / 255).argmax()
+    # the first cell is the most anomalous image (the PNG holds its pixels, 0-255, on all 3 channels)
+    assert torch.equal(anomalies[0, 2:30, 2:30], images[most, 0])
+
+
+def test_a_2d_vae_draws_an_interpolation_grid_and_a_latent_scatter(data_dir: Path, in_tmp: Path) -> None:
+    config = str(CONFIGS / "vae.yaml")
+    main(["fit", "--config", config, *tiny(data_dir), "--model.latent_dim=2"])
+    ckpt = run_folder(in_tmp, "vae") / "checkpoints" / "last.ckpt"
+    main(["test", "--config", config, *tiny(data_dir), "--model.latent_dim=2", "--ckpt_path", str(ckpt)])
+    run = run_folder(in_tmp, "vae", version=1)
+    # 8 pairs, each: image, 8 decoded codes, image
+    assert read_png(run / "interpolation.png").shape == (3, 8 * 30 + 2, 10 * 30 + 2)
+    assert read_png(run / "latent_scatter.png").shape == (3, 480, 480)
+    assert not (run / "anomalies.png").exists()  # no anomaly targets, no anomaly pictures
