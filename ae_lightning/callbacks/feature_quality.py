@@ -4,11 +4,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from ae_lightning.callbacks.gather import gather_shares
 from ae_lightning.errors import ConfigError
 from ae_lightning.features import knn_accuracy, linear_probe_accuracy
 from ae_lightning.models.base import images_of
@@ -80,11 +80,7 @@ class FeatureQuality(Callback):
 
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         local = (torch.cat(self._latents), torch.cat(self._labels)) if self._latents else None
-        parts = [local]
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            parts = [None] * trainer.world_size
-            dist.all_gather_object(parts, local)
-        parts = [part for part in parts if part is not None]
+        parts = [part for part in gather_shares(trainer, local) if part is not None]
         self._latents, self._labels = [], []
         if not parts:
             rank_zero_warn("FeatureQuality: the test batches carry no labels; no linear probe or k-NN")

@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
+from ae_lightning.callbacks.gather import gather_shares
 from ae_lightning.callbacks.run_config import run_folder
 from ae_lightning.errors import ConfigError
 
@@ -91,12 +91,7 @@ class PredictionWriter(BasePredictionWriter):
         batch_indices = batch_indices[0] if batch_indices else []
         local = merge_predictions(predictions, batch_indices) if predictions else {}
         folder = Path(run_folder(trainer))  # collective: every rank calls it
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            # shares differ in size (Lightning's predict sampler repeats no sample): gather as objects
-            parts: list[Any] = [None] * trainer.world_size
-            dist.all_gather_object(parts, local)
-        else:
-            parts = [local]
+        parts = gather_shares(trainer, local)
         if not trainer.is_global_zero:
             return
         merged = order_by_index(parts)

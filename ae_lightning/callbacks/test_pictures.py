@@ -6,13 +6,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from PIL import Image, ImageDraw
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from ae_lightning.callbacks.gather import gather_shares
 from ae_lightning.callbacks.run_config import run_folder
 from ae_lightning.callbacks.sample_grid import log_image
 from ae_lightning.errors import ConfigError
@@ -146,10 +146,7 @@ class TestPictures(Callback):
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         local = {name: torch.cat(values) for name, values in self._parts.items()}
         self._parts = {}
-        shares = [local]
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            shares = [None] * trainer.world_size
-            dist.all_gather_object(shares, local)
+        shares = gather_shares(trainer, local)
         folder = Path(run_folder(trainer))  # collective: every rank calls it
         if not trainer.is_global_zero:
             return
