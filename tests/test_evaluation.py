@@ -420,3 +420,50 @@ def test_a_2d_vae_draws_an_interpolation_grid_and_a_latent_scatter(data_dir: Pat
     assert read_png(run / "interpolation.png").shape == (3, 8 * 30 + 2, 10 * 30 + 2)
     assert read_png(run / "latent_scatter.png").shape == (3, 480, 480)
     assert not (run / "anomalies.png").exists()  # no anomaly targets, no anomaly pictures
+
+
+def logged_test_metrics(run: Path) -> dict[str, float]:
+    """The test metrics a CSVLogger wrote (one row at the end of `test`)."""
+    with (run / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    return {
+        name: float(value)
+        for row in rows
+        for name, value in row.items()
+        if value and name.startswith("test/")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("one_class", [False, True])
+def test_ddp_test_metrics_equal_the_single_process_ones(
+    one_class: bool, data_dir: Path, in_tmp: Path
+) -> None:
+    """`test` on 2 CPU processes logs the metrics of the whole test set: reconstruction quality, feature
+    quality (latents gathered from both processes) and, one-class, AUROC, AUPR and F1 (torchmetrics states
+    reduced across processes), as one process does."""
+    extra = ["--data.normal_classes=[3]"] if one_class else []
+    main(["fit", "--config", AE, *tiny(data_dir), *extra])
+    ckpt = str(run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    metrics = {}
+    for name, devices in (("ddp", ["--trainer.devices=2", "--trainer.strategy=ddp"]), ("one", [])):
+        logger = ["--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=csv",
+                  f"--trainer.logger.name={name}"]  # fmt: skip
+        args = ["test", "--config", AE, *tiny(data_dir), *extra, *logger, *devices, "--ckpt_path", ckpt]
+        result = subprocess.run(
+            [sys.executable, str(REPO / "cli.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics[name] = logged_test_metrics(in_tmp / "csv" / name / "version_0")
+    expected = {"test/mse", "test/psnr", "test/ssim"} | (
+        {"test/auroc", "test/aupr", "test/f1"} if one_class else {"test/linear_probe_acc", "test/knn_acc"}
+    )
+    assert expected <= set(metrics["one"])
+    assert metrics["ddp"].keys() == metrics["one"].keys()
+    for name, value in metrics["one"].items():
+        assert metrics["ddp"][name] == pytest.approx(value, rel=1e-5), name
