@@ -302,7 +302,8 @@ class AutoencoderBase(LightningModule):
             self.log(f"test/{name}", metric, on_step=False, on_epoch=True, batch_size=x.shape[0])
 
     def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Latent code, anomaly score and (when the batch has one) label of every image."""
+        """Latent code, anomaly score, label (when the batch has one) and, when the model holds an anomaly
+        threshold, the flag `is_anomaly` = score > threshold, of every image."""
         x, conditions = images_of(batch), self.conditions_of(batch)
         prediction = {
             "latent": self.latent(x, **conditions),
