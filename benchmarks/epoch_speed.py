@@ -149,6 +149,7 @@ def framework(args: argparse.Namespace, device: torch.device, fast: bool) -> dic
         flags += [f"--trainer.limit_train_batches={args.limit_batches}", "--trainer.limit_val_batches=2"]
     if fast:
         flags += [f"--model.steps_per_call={args.steps_per_call}"]
+    flags += args.extra
     with tempfile.TemporaryDirectory() as folder:
         os.chdir(folder)  # runs/ of the benchmark go away with it
         cli = main(["--trainer.enable_progress_bar=false", *flags] if args.quiet else flags, run=False)
@@ -214,6 +215,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit-batches", type=int, default=0, help="batches per epoch (0: all); for tests")
     parser.add_argument("--out", default="benchmarks/results/epoch_speed.json", help="where the JSON goes")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (the default pipeline has one)")
+    parser.add_argument("--extra", nargs="*", default=[], help="more cli.py flags for default and fast")
     parser.add_argument("--pipeline", help=argparse.SUPPRESS)  # set for the child process of one setting
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)

@@ -141,3 +141,14 @@ def test_the_benchmark_runs_on_a_tiny_setting(data_dir: Path, tmp_path: Path) ->
         assert row["speedup"] > 0
     assert {row["steps_per_call"] for row in rows if row["pipeline"] == "fast"} == {2}
     assert "| mlp | 16 | conventional |" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "config", ["sparse_ae", "contractive_ae", "beta_vae", "cvae", "iwae", "vqvae", "dae", "vae_conv"]
+)
+def test_every_variant_trains_k_steps_per_call(config: str, data_dir: Path, in_tmp: Path) -> None:
+    fitted = main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), *tiny(data_dir),
+                   "--model.steps_per_call=2", "--trainer.max_steps=3"])  # fmt: skip
+    assert fitted.trainer.global_step == 3
+    assert torch.isfinite(fitted.trainer.callback_metrics["train/loss"])
+    assert (run_folder(in_tmp, config) / "checkpoints" / "last.png").is_file()
