@@ -8,10 +8,11 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from ae_lightning.callbacks import SaveRunConfig
+from ae_lightning.callbacks import PredictionWriter, SaveRunConfig
 from ae_lightning.checkpoints import check_checkpoint
 from ae_lightning.errors import AELightningError
 from ae_lightning.models import AutoencoderBase
@@ -43,6 +44,12 @@ class AutoencoderCLI(LightningCLI):
             self.save_config_kwargs["overwrite"] = True
             if ckpt_path == "last":
                 self._continue_last_run(self.config.fit.trainer)
+
+    def before_predict(self) -> None:
+        """`predict` writes its outputs to the run folder: a PredictionWriter with its defaults is added
+        unless the config lists a prediction writer of its own (to choose other formats)."""
+        if not any(isinstance(callback, BasePredictionWriter) for callback in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
 
     @staticmethod
     def _continue_last_run(trainer_config: Namespace) -> None:

@@ -205,17 +205,20 @@ class SampleGridCheckpoint(ModelCheckpoint):
 
     def _log_grid(self, trainer: "pl.Trainer", grid: Tensor) -> None:
         """Hands the grid to every attached logger that takes images."""
-        # loggers differ in how they scale float images (W&B does not: [0, 1] comes out black); bytes in
-        # 0-255 mean the same to all. Rounded as save_image rounds, so loggers show the PNG's very pixels
-        image = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
-        step = trainer.global_step
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples/grid", image, global_step=step)
-            elif callable(getattr(logger, "log_image", None)):
-                # W&B's x-axis is the step; a caption per image says which epoch's weights drew it
-                caption = {"caption": [f"epoch {trainer.current_epoch}, step {step}"]}
-                extra = caption if isinstance(logger, WandbLogger) else {}
-                logger.log_image(
-                    key="samples/grid", images=[image.permute(1, 2, 0).numpy()], step=step, **extra
-                )
+        log_image(trainer, "samples/grid", grid)
+
+
+def log_image(trainer: "pl.Trainer", key: str, image: Tensor) -> None:
+    """Hands a (3, H, W) image in [0, 1] to every attached logger that takes images, at the current step."""
+    # loggers differ in how they scale float images (W&B does not: [0, 1] comes out black); bytes in
+    # 0-255 mean the same to all. Rounded as save_image rounds, so loggers show the PNG's very pixels
+    image = image.mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    step = trainer.global_step
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, image, global_step=step)
+        elif callable(getattr(logger, "log_image", None)):
+            # W&B's x-axis is the step; a caption per image says which epoch's weights drew it
+            caption = {"caption": [f"epoch {trainer.current_epoch}, step {step}"]}
+            extra = caption if isinstance(logger, WandbLogger) else {}
+            logger.log_image(key=key, images=[image.permute(1, 2, 0).numpy()], step=step, **extra)

@@ -12,11 +12,17 @@ class ImageTensorDataset(Dataset[tuple[Tensor, Tensor]]):
     per-image PIL round trip. With `binarize`, each read draws a fresh binary image with pixel
     probabilities from the intensities (dynamic binarisation). Indexed by a tensor of B indices it gives a
     whole batch, ((B, C, H, W), (B,)), in a few tensor operations on whatever device it is kept on
-    (`to`); indexed by a list of such tensors, a list of batches.
+    (`to`); indexed by a list of such tensors, a list of batches. With `is_anomaly` (N,) bool (the one-class
+    protocol), items are (image, label, is_anomaly).
     """
 
     def __init__(
-        self, images: Tensor, labels: Tensor, value_range: tuple[float, float], binarize: bool = False
+        self,
+        images: Tensor,
+        labels: Tensor,
+        value_range: tuple[float, float],
+        binarize: bool = False,
+        is_anomaly: Tensor | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -24,6 +30,7 @@ class ImageTensorDataset(Dataset[tuple[Tensor, Tensor]]):
         self.labels = labels
         self.low, self.high = value_range
         self.binarize = binarize
+        self.is_anomaly = is_anomaly
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -31,9 +38,11 @@ class ImageTensorDataset(Dataset[tuple[Tensor, Tensor]]):
     def to(self, device: torch.device | str) -> "ImageTensorDataset":
         """Keeps images and labels on `device` (in place); returns self."""
         self.images, self.labels = self.images.to(device), self.labels.to(device)
+        if self.is_anomaly is not None:
+            self.is_anomaly = self.is_anomaly.to(device)
         return self
 
-    def __getitem__(self, index: int | Tensor | list[Tensor]) -> tuple[Tensor, Tensor] | list:
+    def __getitem__(self, index: int | Tensor | list[Tensor]) -> tuple[Tensor, ...] | list:
         if isinstance(index, list):
             return [self[batch] for batch in index]
         if isinstance(index, Tensor):
@@ -43,6 +52,8 @@ class ImageTensorDataset(Dataset[tuple[Tensor, Tensor]]):
             x = torch.bernoulli(x)
         if (self.low, self.high) != (0.0, 1.0):
             x = x.mul_(self.high - self.low).add_(self.low)
+        if self.is_anomaly is not None:
+            return x, self.labels[index], self.is_anomaly[index]
         return x, self.labels[index]
 
 

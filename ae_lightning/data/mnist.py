@@ -19,6 +19,8 @@ from ae_lightning.errors import ConfigError, DataError
 from ae_lightning.value_range import check_value_range
 
 DatasetName = Literal["MNIST", "FashionMNIST", "KMNIST"]
+#: every dataset of the family has these classes
+NUM_CLASSES = 10
 Split = Literal["train", "val", "test"]
 
 
@@ -45,6 +47,11 @@ class MNISTDataModule(LightningDataModule):
             device lacks the memory. false: a DataLoader reads image by image (with `num_workers`).
         steps_per_call: how many batches each training item holds (set by the CLI from the model's
             `steps_per_call`, so the model takes that many optimizer steps per call); needs `resident`.
+        normal_classes: the one-class anomaly protocol: train and validate on these classes only (the
+            train/val split of `val_size` is made first, then filtered, so about val_size x
+            len(normal_classes) / 10 images validate), and test and predict on the whole test set. Every
+            item is then (image, label, is_anomaly), is_anomaly = the label is not a normal class; the models
+            log `test/auroc`, `test/aupr` and `test/f1` from it. None (default): all classes, no anomalies.
     """
 
     def __init__(
@@ -60,6 +67,7 @@ class MNISTDataModule(LightningDataModule):
         download: bool = True,
         resident: bool = True,
         steps_per_call: int = 1,
+        normal_classes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if dataset not in ("MNIST", "FashionMNIST", "KMNIST"):
@@ -78,6 +86,13 @@ class MNISTDataModule(LightningDataModule):
         if val_size < 1:
             raise ConfigError(f"val_size must be at least 1 image, got {val_size}")
         value_range = list(check_value_range(value_range))  # hparams hold lists, as YAML does
+        if normal_classes is not None:
+            normal_classes = sorted({int(label) for label in normal_classes})
+            if not normal_classes or not set(normal_classes) < set(range(NUM_CLASSES)):
+                raise ConfigError(
+                    f"normal_classes must be some, not all, of the classes 0..{NUM_CLASSES - 1} (the rest "
+                    f"are the anomalies), got {normal_classes}"
+                )
         self.save_hyperparameters()
         self.dataset_class: type[torchvision.datasets.MNIST] = getattr(torchvision.datasets, dataset)
         self.data_dir = Path(data_dir)
@@ -158,12 +173,26 @@ class MNISTDataModule(LightningDataModule):
             "val": (train.data[order[:val_size]], train.targets[order[:val_size]]),
             "test": (test.data, test.targets),
         }
+        normal_classes = self.hparams.normal_classes
         for seed, (split, (images, labels)) in enumerate(splits.items()):
             images = images.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
             dynamic = self.hparams.binarize and split == "train"
             if self.hparams.binarize and split != "train":
                 images = binarize_once(images, seed=self.hparams.split_seed + seed)
-            self.datasets[split] = ImageTensorDataset(images, labels, self.value_range, binarize=dynamic)
+            is_anomaly = None
+            if normal_classes is not None:
+                is_anomaly = ~torch.isin(labels, torch.tensor(normal_classes, dtype=labels.dtype))
+                if split != "test":  # the anomalies are unseen until test
+                    normal = ~is_anomaly
+                    images, labels, is_anomaly = images[normal], labels[normal], is_anomaly[normal]
+                if len(labels) == 0 or (split == "test" and not is_anomaly.any()):
+                    raise DataError(
+                        f"normal_classes {normal_classes} leave the {split} split without "
+                        f"{'anomalies' if split == 'test' else 'images'}"
+                    )
+            self.datasets[split] = ImageTensorDataset(
+                images, labels, self.value_range, binarize=dynamic, is_anomaly=is_anomaly
+            )
         if self.hparams.resident:
             self._keep_on_device()
 

@@ -8,7 +8,10 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
+from torchmetrics import MeanSquaredError
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from ae_lightning.anomaly import DEFAULT_ANOMALY_QUANTILE, OneClassMetrics, ScoreQuantile
 from ae_lightning.errors import CheckpointError, ConfigError
 from ae_lightning.models.rng import RNG_STATES_KEY, rng_states, set_rng_states
 from ae_lightning.nets import DEFAULT_HIDDEN_DIMS, Backbone, build_decoder, build_encoder
@@ -17,10 +20,18 @@ from ae_lightning.value_range import check_value_range
 Likelihood = Literal["gaussian", "bernoulli"]
 Stage = Literal["train", "val", "test"]
 
+#: the checkpoint entry holding the anomaly threshold chosen on validation
+ANOMALY_THRESHOLD_KEY = "anomaly_threshold"
+
 
 def images_of(batch: Tensor | Sequence[Tensor]) -> Tensor:
     """The images of a batch that is either an image tensor or an (images, labels, ...) sequence."""
     return batch if isinstance(batch, Tensor) else batch[0]
+
+
+def anomaly_targets_of(batch: Tensor | Sequence[Tensor]) -> Tensor | None:
+    """The is_anomaly targets (B,) of an (images, labels, is_anomaly) batch (one-class protocol), or None."""
+    return None if isinstance(batch, Tensor) or len(batch) < 3 else batch[2]
 
 
 class AutoencoderBase(LightningModule):
@@ -48,7 +59,17 @@ class AutoencoderBase(LightningModule):
             one optimizer step: `global_step`, `max_steps` and checkpoint names count optimizer steps, and K
             steps in one call give the weights of K calls of one step. `train/*` is then logged once per
             call, as the mean over its K batches.
+        anomaly_quantile: the one-class threshold rule. When the data carries anomaly targets (the
+            datamodule's `normal_classes`), every validation epoch sets the anomaly threshold to this quantile
+            of the anomaly scores of the (normal) validation images, so about (1 - q) of normal data is
+            flagged; it is saved in the checkpoint, used by `test` for `test/f1` and by `predict` for the
+            `is_anomaly` flag. `test/auroc` and `test/aupr` need no threshold.
     """
+
+    #: arguments that set only how the model is evaluated, not what it learns: kept out of the hyperparameters
+    #: saved in checkpoints, because the CLI gives a checkpoint's hyperparameters precedence over the command
+    #: line, and `test --model.<name> N --ckpt_path X` must use N
+    evaluation_arguments: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -61,6 +82,7 @@ class AutoencoderBase(LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         steps_per_call: int = 1,
+        anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE,
     ) -> None:
         super().__init__()
         if steps_per_call < 1:
@@ -87,7 +109,7 @@ class AutoencoderBase(LightningModule):
                 "set --data.value_range '[0, 1]' (and --data.binarize true for binarised images), "
                 "or use likelihood 'gaussian'"
             )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", *self.evaluation_arguments])
         self.latent_dim = latent_dim
         self.hidden_dims = tuple(hidden_dims)
         self.likelihood = likelihood
@@ -103,6 +125,15 @@ class AutoencoderBase(LightningModule):
         # lets the model summary show input and output sizes
         self.example_input_array = torch.zeros(2, *self.image_shape)
         self._resumed_rng_states: dict[str, Any] | None = None
+        # the one-class evaluation, shared by every model: it needs only `anomaly_score`
+        self.val_anomaly_scores = ScoreQuantile(anomaly_quantile)
+        self.test_one_class = OneClassMetrics()
+        self.anomaly_threshold: float | None = None
+        # reconstruction quality at test, over the whole test set (and all devices), in the data's units
+        data_range = self.value_range[1] - self.value_range[0]
+        self.test_mse = MeanSquaredError()
+        self.test_psnr = PeakSignalNoiseRatio(data_range=data_range)
+        self.test_ssim = StructuralSimilarityIndexMeasure(data_range=data_range)
 
     def _encoder_out_dim(self) -> int:
         """How many numbers the encoder gives per image (a VAE needs two per latent unit)."""
@@ -180,7 +211,35 @@ class AutoencoderBase(LightningModule):
                 sync_dist=not training,
                 batch_size=x.shape[0],
             )
+        is_anomaly = anomaly_targets_of(batch)
+        if is_anomaly is not None and stage != "train":
+            self._evaluate_anomalies(batch, is_anomaly, stage)
         return terms["loss"].mean()
+
+    @torch.no_grad()
+    def _evaluate_anomalies(self, batch: Sequence[Tensor], is_anomaly: Tensor, stage: Stage) -> None:
+        """Validation: collects the scores of normal images for the threshold. Test: updates AUROC, AUPR
+        and F1 (at the threshold, when one was chosen), logged as `test/auroc`, `test/aupr`, `test/f1`."""
+        scores = self.anomaly_score(images_of(batch), **self.conditions_of(batch)).float()
+        if stage == "val":
+            self.val_anomaly_scores.update(scores[~is_anomaly.bool()])
+            return
+        metrics = self.test_one_class
+        metrics.update(scores, is_anomaly, self.anomaly_threshold)
+        size = len(scores)
+        self.log("test/auroc", metrics.auroc, on_step=False, on_epoch=True, batch_size=size)
+        self.log("test/aupr", metrics.aupr, on_step=False, on_epoch=True, batch_size=size)
+        if self.anomaly_threshold is not None:
+            self.log("test/f1", metrics.f1, on_step=False, on_epoch=True, batch_size=size)
+            self.log("test/anomaly_threshold", self.anomaly_threshold, on_epoch=True, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        # the threshold of the weights just validated: the checkpoint saved after this validation holds it
+        if self.val_anomaly_scores.update_count > 0:
+            self.anomaly_threshold = self.val_anomaly_scores.compute().item()
+            self.val_anomaly_scores.reset()
+            # the same on every process (scores were gathered): averaging keeps Lightning's DDP check quiet
+            self.log("val/anomaly_threshold", self.anomaly_threshold, sync_dist=True)
 
     def training_step(self, batch: Tensor | Sequence[Tensor] | list, batch_idx: int) -> Tensor | None:
         if self.automatic_optimization:
@@ -224,10 +283,27 @@ class AutoencoderBase(LightningModule):
         return self._step(batch, "val")
 
     def test_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
+        loss = self._step(batch, "test")
+        self._evaluate_reconstructions(batch)
+        return loss
+
+    @torch.no_grad()
+    def _evaluate_reconstructions(self, batch: Tensor | Sequence[Tensor]) -> None:
+        """Logs `test/mse` (per pixel), `test/psnr` (dB, from the MSE of the whole set) and `test/ssim` (mean
+        over images) of the reconstructions `model(x)` (for a VAE: decoded posterior means)."""
+        x = images_of(batch)
+        reconstruction = self(x, **self.conditions_of(batch)).float()
+        x = x.float()
+        self.test_mse.update(reconstruction, x)
+        self.test_psnr.update(reconstruction, x)
+        self.test_ssim.update(reconstruction, x)
+        for name in ("mse", "psnr", "ssim"):
+            metric = getattr(self, f"test_{name}")
+            self.log(f"test/{name}", metric, on_step=False, on_epoch=True, batch_size=x.shape[0])
 
     def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Latent code, anomaly score and (when the batch has one) label of every image."""
+        """Latent code, anomaly score, label (when the batch has one) and, when the model holds an anomaly
+        threshold, the flag `is_anomaly` = score > threshold, of every image."""
         x, conditions = images_of(batch), self.conditions_of(batch)
         prediction = {
             "latent": self.latent(x, **conditions),
@@ -235,12 +311,15 @@ class AutoencoderBase(LightningModule):
         }
         if not isinstance(batch, Tensor) and len(batch) > 1:
             prediction["label"] = batch[1]
+        if self.anomaly_threshold is not None:
+            prediction["is_anomaly"] = prediction["anomaly_score"] > self.anomaly_threshold
         return prediction
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the random streams (noise of the VAE and the denoiser, dynamic binarisation) continue from here
         # when the run is resumed, as they would had it not stopped
         checkpoint[RNG_STATES_KEY] = rng_states()
+        checkpoint[ANOMALY_THRESHOLD_KEY] = self.anomaly_threshold
 
     def on_train_epoch_start(self) -> None:
         # restored at the start of the first epoch after loading, not at loading: between the two,
@@ -253,6 +332,7 @@ class AutoencoderBase(LightningModule):
         """Refuses weights trained for other data: the same layers would load, but the output activation or
         the meaning of the pixels would silently differ. Keeps the saved random streams for resuming."""
         self._resumed_rng_states = checkpoint.get(RNG_STATES_KEY)
+        self.anomaly_threshold = checkpoint.get(ANOMALY_THRESHOLD_KEY)
         trained = checkpoint.get("hyper_parameters", {})
         for name, flag in (("value_range", "--data.value_range"), ("image_shape", "the data")):
             current = list(getattr(self, name))

@@ -1,6 +1,6 @@
 """The conditional VAE (Sohn et al., 2015): encoder and decoder both see the class label."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -80,6 +80,12 @@ class ConditionalVAE(VAE):
         mu, logvar = self.encode(x, labels)
         decoder_output = self.decoder(self.reparameterize(mu, logvar), self.one_hot(labels))
         return self.elbo_terms(x, decoder_output, mu, logvar, stage)
+
+    def posterior(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
+        """(mu, logvar) of q(z | x, y) and the raw decoder given the labels (repeated for n draws each)."""
+        one_hot = self.one_hot(labels)
+        mu, logvar = self.encode(x, labels)
+        return mu, logvar, lambda z: self.decoder(z, one_hot.repeat(len(z) // len(one_hot), 1))
 
     def anomaly_score(self, x: Tensor, labels: Tensor, num_samples: int = 16) -> Tensor:
         """Negative conditional ELBO of each image given its label (beta = 1): (B,)."""

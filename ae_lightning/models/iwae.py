@@ -1,14 +1,12 @@
 """The importance-weighted autoencoder (Burda, Grosse & Salakhutdinov, 2016)."""
 
-import math
 from typing import Any
 
 from torch import Tensor
-from torch.distributions import Normal
 
 from ae_lightning.errors import ConfigError
 from ae_lightning.models.base import Stage
-from ae_lightning.models.vae import VAE, gaussian_kl
+from ae_lightning.models.vae import VAE, gaussian_kl, iwae_bound
 
 
 class IWAE(VAE):
@@ -37,29 +35,12 @@ class IWAE(VAE):
             )
         self.num_samples = num_samples
 
-    def log_weights(self, x: Tensor, num_samples: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """log p(x | z_i) + log p(z_i) - log q(z_i | x) for `num_samples` posterior draws of each image:
-        (num_samples, B); with the reconstruction terms (num_samples, B), mu and logvar (B, D)."""
-        mu, logvar = self.encode(x)
-        posterior = Normal(mu, (0.5 * logvar).exp())
-        z = posterior.rsample((num_samples,))  # (k, B, D)
-        decoder_output = self.decoder(z.flatten(0, 1))  # (k * B, C, H, W)
-        recon = self.reconstruction_loss(decoder_output, x.repeat(num_samples, 1, 1, 1))
-        recon = recon.view(num_samples, x.shape[0])
-        log_prior = Normal(0.0, 1.0).log_prob(z).sum(-1)
-        log_posterior = posterior.log_prob(z).sum(-1)
-        return -recon + log_prior - log_posterior, recon, mu, logvar
-
     def bound(self, x: Tensor, num_samples: int) -> Tensor:
         """The `num_samples`-sample importance-weighted bound of each image, (B,)."""
         return iwae_bound(self.log_weights(x, num_samples)[0])
 
     def loss_terms(self, x: Tensor, stage: Stage) -> dict[str, Tensor]:
-        log_weights, recon, mu, logvar = self.log_weights(x, self.num_samples)
+        # training needs the gradient of all k samples at once: one chunk
+        log_weights, recon, mu, logvar = self.log_weights(x, self.num_samples, chunk_size=self.num_samples)
         bound = iwae_bound(log_weights)
         return {"loss": -bound, "bound": bound, "recon": recon.mean(0), "kl": gaussian_kl(mu, logvar)}
-
-
-def iwae_bound(log_weights: Tensor) -> Tensor:
-    """log (1/k) sum_i exp(log_weights_i) over the first dimension, computed stably: (k, B) -> (B,)."""
-    return log_weights.logsumexp(0) - math.log(log_weights.shape[0])

@@ -108,6 +108,7 @@ class VQVAE(AutoencoderBase):
         return loss
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         # counts of the whole validation set, summed over processes by the metric: every process holds the
         # same values, so averaging them (sync_dist) changes nothing and keeps Lightning's DDP check quiet
         for name, value in self.val_code_usage.compute().items():

@@ -1,0 +1,122 @@
+"""`test` reports how good the codes are as features: linear-probe and k-NN accuracy of the test latents."""
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor
+
+from ae_lightning.callbacks.gather import gather_shares
+from ae_lightning.errors import ConfigError
+from ae_lightning.features import knn_accuracy, linear_probe_accuracy
+from ae_lightning.models.base import images_of
+
+#: images encoded at a time when the training split's latents are computed
+_ENCODE_BATCH = 1024
+
+
+class FeatureQuality(Callback):
+    """Logs `test/linear_probe_acc` and `test/knn_acc`: classifiers fitted on the latents of the training
+    split (`model.latent`, for a VAE the posterior mean), scored on the latents of the test set.
+
+    A callback rather than part of the model's test step because it needs a second split (the training
+    images) and a classifier fitted after the whole test set is encoded; it works for every model, since it
+    uses only `latent` (and `conditions_of`, for the conditional VAE's labels). The training latents are
+    encoded on every process (a pass of the encoder only), the test latents gathered from all processes, so
+    the numbers are those of the whole sets; they are skipped, with a warning, when the data has no labels or
+    the training split holds a single class (the one-class protocol).
+
+    Args:
+        knn_k: neighbours of the k-NN vote.
+        probe_steps: L-BFGS iterations of the linear probe (a multinomial logistic regression).
+        probe_weight_decay: L2 penalty of the probe's weights.
+        max_train: fit on at most this many training images (the first ones of the split); None: all.
+    """
+
+    def __init__(
+        self,
+        knn_k: int = 5,
+        probe_steps: int = 100,
+        probe_weight_decay: float = 1e-4,
+        max_train: int | None = None,
+    ) -> None:
+        if (
+            knn_k < 1
+            or probe_steps < 1
+            or probe_weight_decay < 0
+            or (max_train is not None and max_train < 1)
+        ):
+            raise ConfigError(
+                "need knn_k >= 1, probe_steps >= 1, probe_weight_decay >= 0 and max_train >= 1 (or null), "
+                f"got {knn_k}, {probe_steps}, {probe_weight_decay} and {max_train}"
+            )
+        self.knn_k = knn_k
+        self.probe_steps = probe_steps
+        self.probe_weight_decay = probe_weight_decay
+        self.max_train = max_train
+        self._latents: list[Tensor] = []
+        self._labels: list[Tensor] = []
+
+    def on_test_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._latents, self._labels = [], []
+
+    @torch.no_grad()
+    def on_test_batch_end(
+        self,
+        trainer: "pl.Trainer",
+        pl_module: "pl.LightningModule",
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if isinstance(batch, Tensor) or len(batch) < 2:
+            return
+        latent = pl_module.latent(images_of(batch), **pl_module.conditions_of(batch))
+        self._latents.append(latent.float().flatten(1).cpu())
+        self._labels.append(batch[1].cpu())
+
+    def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        local = (torch.cat(self._latents), torch.cat(self._labels)) if self._latents else None
+        parts = [part for part in gather_shares(trainer, local) if part is not None]
+        self._latents, self._labels = [], []
+        if not parts:
+            rank_zero_warn("FeatureQuality: the test batches carry no labels; no linear probe or k-NN")
+            return
+        test_z, test_y = torch.cat([z for z, _ in parts]), torch.cat([y for _, y in parts])
+        train_z, train_y = self.training_latents(trainer, pl_module)
+        if train_y.unique().numel() < 2:  # one-class protocol: nothing to classify
+            rank_zero_info("FeatureQuality: the training split holds one class; no linear probe or k-NN")
+            return
+        probe = linear_probe_accuracy(
+            train_z, train_y, test_z, test_y, self.probe_steps, self.probe_weight_decay
+        )
+        knn = knn_accuracy(train_z, train_y, test_z, test_y, k=self.knn_k)
+        # every process computed the same numbers from the same gathered sets
+        pl_module.log("test/linear_probe_acc", probe, sync_dist=True)
+        pl_module.log("test/knn_acc", knn, sync_dist=True)
+
+    @torch.no_grad()
+    def training_latents(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule"
+    ) -> tuple[Tensor, Tensor]:
+        """Latents (N, D) and labels (N,) of the training split, in order, on the CPU."""
+        datamodule = trainer.datamodule
+        datasets = getattr(datamodule, "datasets", {})
+        if "train" not in datasets:
+            datamodule.setup("fit")  # `test` sets up the test split only
+        dataset = datamodule.datasets["train"]
+        size = len(dataset) if self.max_train is None else min(self.max_train, len(dataset))
+        latents, labels = [], []
+        was_training = pl_module.training
+        pl_module.eval()
+        for start in range(0, size, _ENCODE_BATCH):
+            batch = dataset[torch.arange(start, min(start + _ENCODE_BATCH, size))]
+            x = images_of(batch).to(pl_module.device)
+            batch = (x, *[part.to(pl_module.device) for part in batch[1:]])
+            latents.append(pl_module.latent(x, **pl_module.conditions_of(batch)).float().flatten(1).cpu())
+            labels.append(batch[1].cpu())
+        pl_module.train(was_training)
+        return torch.cat(latents), torch.cat(labels)

@@ -1,0 +1,469 @@
+"""Using a trained model: predictions written to files, and the one-class anomaly protocol."""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from ae_lightning.anomaly import OneClassMetrics, ScoreQuantile, squash
+from ae_lightning.callbacks import FeatureQuality, PredictionWriter
+from ae_lightning.callbacks.test_pictures import ANOMALY_COLOUR, NORMAL_COLOUR, histogram_image, scatter_image
+from ae_lightning.cli import main
+from ae_lightning.data import MNISTDataModule
+from ae_lightning.errors import ConfigError
+from ae_lightning.features import knn_accuracy, linear_probe_accuracy
+from ae_lightning.models import VAE
+from tests.conftest import CONFIGS, NUM_TEST, REPO, VAL_SIZE, read_png, run_folder, tiny
+
+AE, ANOMALY = str(CONFIGS / "ae.yaml"), str(CONFIGS / "anomaly.yaml")
+
+
+# --- the metrics, on hand-made cases ---
+
+
+def test_one_class_metrics_match_a_hand_made_case() -> None:
+    """Scores 10, 40, 35, 80 for targets normal, normal, anomaly, anomaly: of the 4 (anomaly, normal) pairs
+    3 are ranked right (AUROC 0.75); ranked by score the anomalies come at precision 1 (80) and 2/3 (35), so
+    AP = (1 + 2/3) / 2; at threshold 30 the flags are 0 1 1 1: TP 2, FP 1, FN 0, F1 = 4 / 5. Scores this
+    large would all round to 1 in torchmetrics' sigmoid: the metrics must still rank them."""
+    metrics = OneClassMetrics()
+    scores, targets = torch.tensor([10.0, 40.0, 35.0, 80.0]), torch.tensor([False, False, True, True])
+    metrics.update(scores[:2], targets[:2], threshold=30.0)  # two batches: the state accumulates
+    metrics.update(scores[2:], targets[2:], threshold=30.0)
+    assert metrics.auroc.compute().item() == pytest.approx(0.75)
+    assert metrics.aupr.compute().item() == pytest.approx((1 + 2 / 3) / 2)
+    assert metrics.f1.compute().item() == pytest.approx(0.8)
+
+
+def test_squash_keeps_the_order_of_large_scores() -> None:
+    scores = torch.tensor([-5.0, 0.0, 100.0, 100.5, 5000.0])
+    squashed = squash(scores)
+    assert ((squashed > 0) & (squashed < 1)).all() and (squashed.diff() > 0).all()
+
+
+def test_threshold_is_the_quantile_of_normal_scores() -> None:
+    """Scores 1..100 seen in two batches: the 0.95 quantile ("higher") is 96, exceeded by 4% of them."""
+    quantile = ScoreQuantile(0.95)
+    scores = torch.randperm(100).float() + 1
+    quantile.update(scores[:30])
+    quantile.update(scores[30:])
+    threshold = quantile.compute().item()
+    assert threshold == 96.0
+    assert (scores > threshold).float().mean().item() <= 0.05
+
+
+@pytest.mark.parametrize("quantile", [0.0, 1.0, 1.5])
+def test_a_quantile_outside_0_1_is_refused(quantile: float) -> None:
+    with pytest.raises(ConfigError, match="anomaly_quantile"):
+        ScoreQuantile(quantile)
+
+
+# --- the one-class split ---
+
+
+def test_normal_classes_keep_train_and_val_normal_and_test_whole(data_dir: Path) -> None:
+    datamodule = MNISTDataModule(data_dir=data_dir, val_size=VAL_SIZE, normal_classes=[3, 5])
+    datamodule.setup("fit")
+    whole = MNISTDataModule(data_dir=data_dir, val_size=VAL_SIZE)
+    whole.setup("fit")
+    for split in ("train", "val"):
+        labels = datamodule.datasets[split].labels
+        # the split of all images, then filtered: the same images as the full split's 3s and 5s
+        expected = whole.datasets[split].labels
+        assert torch.equal(labels, expected[(expected == 3) | (expected == 5)])
+        assert not datamodule.datasets[split].is_anomaly.any()
+    test = datamodule.datasets["test"]
+    assert len(test) == NUM_TEST
+    assert torch.equal(test.is_anomaly, (test.labels != 3) & (test.labels != 5))
+    image, label, is_anomaly = test[0]
+    assert image.shape == (1, 28, 28) and bool(is_anomaly) == (int(label) not in (3, 5))
+
+
+@pytest.mark.parametrize("normal_classes", [[], [10], list(range(10))])
+def test_normal_classes_must_leave_some_anomalies(normal_classes: list[int], data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="normal_classes"):
+        MNISTDataModule(data_dir=data_dir, normal_classes=normal_classes)
+
+
+# --- through the real command ---
+
+
+def read_predictions(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "predictions.pt")
+
+
+def auroc_by_pairs(scores: torch.Tensor, is_anomaly: torch.Tensor) -> float:
+    """The fraction of (anomaly, normal) pairs ranked right, ties counting one half."""
+    anomalous, normal = scores[is_anomaly], scores[~is_anomaly]
+    difference = anomalous[:, None] - normal[None, :]
+    return ((difference > 0).double() + 0.5 * (difference == 0).double()).mean().item()
+
+
+def test_anomaly_config_fits_tests_and_flags_predictions(data_dir: Path, in_tmp: Path) -> None:
+    """fit sets the threshold at the 95th percentile of the validation scores; test logs AUROC, AUPR and F1
+    of the checkpoint; predict writes every test image with its flag, score > threshold."""
+    fitted = main(["fit", "--config", ANOMALY, *tiny(data_dir)])
+    model = fitted.model.eval()
+    val = fitted.datamodule.datasets["val"]
+    with torch.no_grad():
+        val_scores = model.anomaly_score(val.images.float() / 255)
+    threshold = model.anomaly_threshold
+    assert threshold == pytest.approx(
+        torch.quantile(val_scores, 0.95, interpolation="higher").item(), rel=1e-5
+    )
+    ckpt = run_folder(in_tmp, "anomaly") / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["anomaly_threshold"] == threshold
+
+    tested = main(["test", "--config", ANOMALY, *tiny(data_dir), "--ckpt_path", str(ckpt)])
+    metrics = tested.trainer.callback_metrics
+
+    main(["predict", "--config", ANOMALY, *tiny(data_dir), "--ckpt_path", str(ckpt)])
+    predictions = read_predictions(run_folder(in_tmp, "anomaly", version=2))
+    scores, labels = predictions["anomaly_score"], predictions["label"]
+    is_anomaly = labels != 3
+    assert torch.equal(predictions["is_anomaly"], scores > threshold)
+    # the AE's scores are deterministic: the logged metrics are those of the predicted scores
+    assert metrics["test/auroc"].item() == pytest.approx(auroc_by_pairs(scores, is_anomaly), abs=1e-6)
+    flags = predictions["is_anomaly"]
+    true_positives = (flags & is_anomaly).sum().item()
+    f1 = 2 * true_positives / (flags.sum().item() + is_anomaly.sum().item())
+    assert metrics["test/f1"].item() == pytest.approx(f1)
+    assert 0 < metrics["test/aupr"].item() <= 1
+    assert metrics["test/anomaly_threshold"].item() == pytest.approx(threshold)
+
+
+def test_without_normal_classes_test_logs_no_anomaly_metrics(data_dir: Path, in_tmp: Path) -> None:
+    tested = main(["fit", "--config", AE, *tiny(data_dir)])
+    assert tested.model.anomaly_threshold is None
+    assert not any("auroc" in name or "threshold" in name for name in tested.trainer.callback_metrics)
+
+
+def test_a_bad_anomaly_quantile_exits_with_a_message(data_dir: Path, in_tmp: Path) -> None:
+    with pytest.raises(SystemExit, match="anomaly_quantile must lie strictly between 0 and 1"):
+        main(["fit", "--config", ANOMALY, *tiny(data_dir), "--model.anomaly_quantile=95"])
+
+
+def test_predict_writes_one_ordered_file_and_its_csv(data_dir: Path, in_tmp: Path) -> None:
+    main(["fit", "--config", AE, *tiny(data_dir)])
+    ckpt = run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt"
+    predicted = main(["predict", "--config", AE, *tiny(data_dir), "--ckpt_path", str(ckpt)])
+    run = run_folder(in_tmp, "ae", version=1)
+    predictions = read_predictions(run)
+    assert set(predictions) == {"latent", "anomaly_score", "label", "index"}  # no threshold: no flag
+    assert torch.equal(predictions["index"], torch.arange(NUM_TEST))
+    assert torch.equal(predictions["label"], predicted.datamodule.datasets["test"].labels)
+    assert predictions["latent"].shape == (NUM_TEST, 20)
+    model = type(predicted.model).load_from_checkpoint(ckpt).eval()
+    images = predicted.datamodule.datasets["test"].images.float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(predictions["latent"], model.latent(images))
+        torch.testing.assert_close(predictions["anomaly_score"], model.anomaly_score(images))
+
+    with (run / "predictions.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == NUM_TEST and list(rows[0])[:3] == ["index", "label", "anomaly_score"]
+    assert [int(row["label"]) for row in rows] == predictions["label"].tolist()
+    assert float(rows[5]["latent_19"]) == pytest.approx(predictions["latent"][5, 19].item())
+
+
+def test_a_listed_prediction_writer_picks_the_formats(data_dir: Path, in_tmp: Path) -> None:
+    main(["fit", "--config", AE, *tiny(data_dir)])
+    ckpt = run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt"
+    writer = "--trainer.callbacks+=ae_lightning.callbacks.PredictionWriter"
+    main(["predict", "--config", AE, *tiny(data_dir), writer, "--trainer.callbacks.formats=[npz]",
+          "--ckpt_path", str(ckpt)])  # fmt: skip
+    run = run_folder(in_tmp, "ae", version=1)
+    assert sorted(path.name for path in run.glob("predictions.*")) == ["predictions.npz", "predictions.pt"]
+    arrays, tensors = np.load(run / "predictions.npz"), read_predictions(run)
+    for name, tensor in tensors.items():
+        assert np.array_equal(arrays[name], tensor.numpy())
+
+
+def test_an_unknown_prediction_format_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown prediction format"):
+        PredictionWriter(formats=["parquet"])
+
+
+@pytest.mark.slow
+def test_ddp_predict_on_two_processes_writes_the_single_process_file(data_dir: Path, in_tmp: Path) -> None:
+    """Two CPU processes each predict part of the test set; one file, in dataset order, equal to the
+    single-process file."""
+    tmp_path = in_tmp
+    main(["fit", "--config", AE, *tiny(data_dir)])
+    ckpt = str(run_folder(tmp_path, "ae") / "checkpoints" / "last.ckpt")
+    # 40 test images in batches of 16 over 2 processes: shares of 20 in batches of 16 and 4
+    args = [
+        sys.executable,
+        str(REPO / "cli.py"),
+        "predict",
+        "--config",
+        AE,
+        *tiny(data_dir),
+        "--ckpt_path",
+        ckpt,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    ddp = ["--trainer.devices=2", "--trainer.strategy=ddp"]
+    for extra in (ddp, []):
+        result = subprocess.run(args + extra, capture_output=True, text=True, timeout=240, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ("GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr) == bool(extra)
+    ddp_run, one_run = run_folder(tmp_path, "ae", version=1), run_folder(tmp_path, "ae", version=2)
+    assert sorted(p.name for p in ddp_run.glob("predictions.*")) == ["predictions.csv", "predictions.pt"]
+    merged, single = read_predictions(ddp_run), read_predictions(one_run)
+    assert torch.equal(merged["index"], torch.arange(NUM_TEST))
+    assert merged.keys() == single.keys()
+    for name in single:
+        torch.testing.assert_close(merged[name], single[name], msg=name)
+    assert (ddp_run / "predictions.csv").read_text() == (one_run / "predictions.csv").read_text()
+
+
+# --- the test NLL of the Bernoulli VAE ---
+
+
+def bernoulli_vae() -> VAE:
+    torch.manual_seed(0)
+    return VAE(likelihood="bernoulli", latent_dim=4, hidden_dims=[32]).eval()
+
+
+def binary_batch(count: int = 6) -> torch.Tensor:
+    return torch.bernoulli(torch.rand(count, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
+
+
+def test_nll_with_one_sample_is_minus_the_elbo_on_the_same_draw() -> None:
+    model, x = bernoulli_vae(), binary_batch()
+    torch.manual_seed(3)
+    nll = model.negative_log_likelihood(x, 1)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        mu, logvar = model.encoder(x).chunk(2, dim=1)
+        std = (0.5 * logvar).exp()
+        z = mu + std * torch.randn_like(mu)  # the draw rsample makes with the same seed
+        logits = model.decoder(z)
+        log_likelihood = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        elbo = (
+            log_likelihood.sum((1, 2, 3))
+            + Normal(0.0, 1.0).log_prob(z).sum(1)
+            - Normal(mu, std).log_prob(z).sum(1)
+        )
+    torch.testing.assert_close(nll, -elbo)
+
+
+def test_nll_bound_tightens_as_k_grows_and_chunks_change_nothing() -> None:
+    model, x = bernoulli_vae(), binary_batch()
+    torch.manual_seed(0)
+    means = {
+        k: torch.stack([model.negative_log_likelihood(x, k) for _ in range(10)]).mean().item()
+        for k in (1, 10, 100)
+    }
+    assert means[1] > means[10] > means[100]  # an upper bound on the NLL, falling towards it
+    # k = 500 decoded 7 draws at a time or all at once: the same estimate up to Monte Carlo noise
+    chunked = model.negative_log_likelihood(x, 500, chunk_size=7)
+    whole = model.negative_log_likelihood(x, 500, chunk_size=500)
+    torch.testing.assert_close(chunked, whole, rtol=0.005, atol=0.0)
+
+
+def test_a_negative_nll_samples_is_refused() -> None:
+    with pytest.raises(ConfigError, match="nll_samples must be >= 0"):
+        VAE(nll_samples=-1)
+
+
+def test_bernoulli_vae_config_logs_the_test_nll(data_dir: Path, in_tmp: Path) -> None:
+    config = str(CONFIGS / "vae_bernoulli.yaml")
+    main(["fit", "--config", config, *tiny(data_dir)])
+    ckpt = str(run_folder(in_tmp, "vae_bernoulli") / "checkpoints" / "last.ckpt")
+    tested = main(
+        ["test", "--config", config, *tiny(data_dir), "--model.nll_samples=50", "--ckpt_path", ckpt]
+    )
+    metrics = tested.trainer.callback_metrics
+    # 50 importance samples give a tighter bound than the one-sample negative ELBO (recon + analytic KL)
+    assert 0 < metrics["test/nll"].item() < (metrics["test/recon"] + metrics["test/kl"]).item()
+    off = main(["test", "--config", config, *tiny(data_dir), "--model.nll_samples=0", "--ckpt_path", ckpt])
+    assert "test/nll" not in off.trainer.callback_metrics
+
+
+# --- feature quality ---
+
+
+def blobs(count: int, seed: int, shift: float = 6.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three well-separated Gaussian blobs in 4-d (class c centred at shift x e_c), labels 0..2."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 3
+    points = torch.randn(count, 4, generator=generator)
+    points[torch.arange(count), labels] += shift
+    return points, labels
+
+
+def test_probe_and_knn_classify_separable_blobs_perfectly() -> None:
+    (train_z, train_y), (test_z, test_y) = blobs(300, seed=0), blobs(90, seed=1)
+    assert linear_probe_accuracy(train_z, train_y, test_z, test_y) == 1.0
+    assert knn_accuracy(train_z, train_y, test_z, test_y, k=5, chunk_size=7) == 1.0
+
+
+def test_probe_and_knn_are_at_chance_on_random_labels() -> None:
+    (train_z, _), (test_z, _) = blobs(600, seed=0, shift=0.0), blobs(600, seed=1, shift=0.0)
+    generator = torch.Generator().manual_seed(2)
+    train_y, test_y = (
+        torch.randint(0, 2, (600,), generator=generator),
+        torch.randint(0, 2, (600,), generator=generator),
+    )
+    assert abs(linear_probe_accuracy(train_z, train_y, test_z, test_y) - 0.5) < 0.08
+    assert abs(knn_accuracy(train_z, train_y, test_z, test_y) - 0.5) < 0.08
+
+
+def test_knn_votes_among_the_nearest_points() -> None:
+    """On a line: class 0 at 0, 1, 2 and class 1 at 10, 11, 12 and 3. With k = 3, the point 2.6 has the
+    neighbours 3 (class 1), 2 and 1 (class 0): class 0 wins; with k = 1 the nearest, 3, gives class 1."""
+    train_z = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0], [3.0]])
+    train_y = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    test_z, test_y = torch.tensor([[2.6], [10.5]]), torch.tensor([0, 1])
+    assert knn_accuracy(train_z, train_y, test_z, test_y, k=3) == 1.0
+    assert knn_accuracy(train_z, train_y, test_z, test_y, k=1) == 0.5
+
+
+def test_feature_quality_is_logged_by_test_from_the_models_latents(data_dir: Path, in_tmp: Path) -> None:
+    fitted = main(["fit", "--config", AE, *tiny(data_dir)])
+    ckpt = str(run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt")
+    tested = main(["test", "--config", AE, *tiny(data_dir), "--ckpt_path", ckpt])
+    metrics = tested.trainer.callback_metrics
+    model = fitted.model.eval()
+    train, test = (tested.datamodule.datasets[split] for split in ("train", "test"))
+    with torch.no_grad():
+        train_z, test_z = (model.latent(split.images.float() / 255) for split in (train, test))
+    expected_probe = linear_probe_accuracy(train_z, train.labels, test_z, test.labels)
+    expected_knn = knn_accuracy(train_z, train.labels, test_z, test.labels, k=5)
+    assert metrics["test/linear_probe_acc"].item() == pytest.approx(expected_probe)
+    assert metrics["test/knn_acc"].item() == pytest.approx(expected_knn)
+    # the tiny digits are a square whose place is the class: easy features
+    assert expected_knn > 0.5
+
+
+def test_feature_quality_refuses_bad_options() -> None:
+    with pytest.raises(ConfigError, match="knn_k >= 1"):
+        FeatureQuality(knn_k=0)
+
+
+# --- reconstruction quality ---
+
+
+@pytest.mark.parametrize("name", ["ae", "vae"])
+def test_test_logs_mse_psnr_and_ssim_of_the_reconstructions(name: str, data_dir: Path, in_tmp: Path) -> None:
+    """The AE's recon term is the summed squared error, so MSE = recon / 784; PSNR = 10 log10(range^2 /
+    MSE) with range 1 for [0, 1] data (AE) and 2 for [-1, 1] data (VAE); SSIM that of the checkpoint's
+    reconstructions."""
+    config = str(CONFIGS / f"{name}.yaml")
+    main(["fit", "--config", config, *tiny(data_dir)])
+    ckpt = run_folder(in_tmp, name) / "checkpoints" / "last.ckpt"
+    tested = main(["test", "--config", config, *tiny(data_dir), "--ckpt_path", str(ckpt)])
+    metrics = tested.trainer.callback_metrics
+    model = type(tested.model).load_from_checkpoint(ckpt).eval()
+    test = tested.datamodule.datasets["test"]
+    x = test[torch.arange(len(test))][0]
+    with torch.no_grad():
+        reconstruction = model(x)
+    mse = (reconstruction - x).square().mean().item()
+    data_range = 2.0 if name == "vae" else 1.0
+    assert metrics["test/mse"].item() == pytest.approx(mse, rel=1e-5)
+    if name == "ae":
+        assert metrics["test/mse"].item() == pytest.approx(metrics["test/recon"].item() / 784, rel=1e-5)
+    assert metrics["test/psnr"].item() == pytest.approx(10 * math.log10(data_range**2 / mse), rel=1e-5)
+    expected_ssim = structural_similarity_index_measure(reconstruction, x, data_range=data_range).item()
+    assert metrics["test/ssim"].item() == pytest.approx(expected_ssim, rel=1e-4)
+    assert -1 < expected_ssim < 1
+
+
+# --- pictures ---
+
+
+def test_scatter_and_histogram_are_drawn_to_size() -> None:
+    points, labels = torch.randn(50, 2), torch.arange(50) % 10
+    assert scatter_image(points, labels, size=200).shape == (3, 200, 200)
+    histogram = histogram_image(torch.randn(100), torch.randn(30) + 3, threshold=1.0, size=(300, 120))
+    assert histogram.shape == (3, 120, 300) and histogram.min() >= 0 and histogram.max() <= 1
+    # the two colours are there: blue bars of normal scores, red bars of anomalous ones
+    pixels = {tuple(pixel) for pixel in (histogram * 255).round().long().flatten(1).T.tolist()}
+    assert {NORMAL_COLOUR, ANOMALY_COLOUR} <= pixels
+
+
+def test_anomaly_run_draws_the_most_and_least_anomalous_images(data_dir: Path, in_tmp: Path) -> None:
+    main(["fit", "--config", ANOMALY, *tiny(data_dir)])
+    ckpt = run_folder(in_tmp, "anomaly") / "checkpoints" / "last.ckpt"
+    tested = main(["test", "--config", ANOMALY, *tiny(data_dir), "--ckpt_path", str(ckpt)])
+    run = run_folder(in_tmp, "anomaly", version=1)
+    anomalies = read_png(run / "anomalies.png")
+    # two blocks of 16 test images in rows of 8 (30-pixel cells), 6 pixels apart
+    assert anomalies.shape == (3, 2 * (2 * 30 + 2) + 6, 8 * 30 + 2)
+    assert read_png(run / "anomaly_histogram.png").shape == (3, 300, 600)
+    model = type(tested.model).load_from_checkpoint(ckpt).eval()
+    images = tested.datamodule.datasets["test"].images
+    with torch.no_grad():
+        most = model.anomaly_score(images.float() / 255).argmax()
+    # the first cell is the most anomalous image (the PNG holds its pixels, 0-255, on all 3 channels)
+    assert torch.equal(anomalies[0, 2:30, 2:30], images[most, 0])
+
+
+def test_a_2d_vae_draws_an_interpolation_grid_and_a_latent_scatter(data_dir: Path, in_tmp: Path) -> None:
+    config = str(CONFIGS / "vae.yaml")
+    main(["fit", "--config", config, *tiny(data_dir), "--model.latent_dim=2"])
+    ckpt = run_folder(in_tmp, "vae") / "checkpoints" / "last.ckpt"
+    main(["test", "--config", config, *tiny(data_dir), "--model.latent_dim=2", "--ckpt_path", str(ckpt)])
+    run = run_folder(in_tmp, "vae", version=1)
+    # 8 pairs, each: image, 8 decoded codes, image
+    assert read_png(run / "interpolation.png").shape == (3, 8 * 30 + 2, 10 * 30 + 2)
+    assert read_png(run / "latent_scatter.png").shape == (3, 480, 480)
+    assert not (run / "anomalies.png").exists()  # no anomaly targets, no anomaly pictures
+
+
+def logged_test_metrics(run: Path) -> dict[str, float]:
+    """The test metrics a CSVLogger wrote (one row at the end of `test`)."""
+    with (run / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    return {
+        name: float(value)
+        for row in rows
+        for name, value in row.items()
+        if value and name.startswith("test/")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("one_class", [False, True])
+def test_ddp_test_metrics_equal_the_single_process_ones(
+    one_class: bool, data_dir: Path, in_tmp: Path
+) -> None:
+    """`test` on 2 CPU processes logs the metrics of the whole test set: reconstruction quality, feature
+    quality (latents gathered from both processes) and, one-class, AUROC, AUPR and F1 (torchmetrics states
+    reduced across processes), as one process does."""
+    extra = ["--data.normal_classes=[3]"] if one_class else []
+    main(["fit", "--config", AE, *tiny(data_dir), *extra])
+    ckpt = str(run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    metrics = {}
+    for name, devices in (("ddp", ["--trainer.devices=2", "--trainer.strategy=ddp"]), ("one", [])):
+        logger = ["--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=csv",
+                  f"--trainer.logger.name={name}"]  # fmt: skip
+        args = ["test", "--config", AE, *tiny(data_dir), *extra, *logger, *devices, "--ckpt_path", ckpt]
+        result = subprocess.run(
+            [sys.executable, str(REPO / "cli.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics[name] = logged_test_metrics(in_tmp / "csv" / name / "version_0")
+    expected = {"test/mse", "test/psnr", "test/ssim"} | (
+        {"test/auroc", "test/aupr", "test/f1"} if one_class else {"test/linear_probe_acc", "test/knn_acc"}
+    )
+    assert expected <= set(metrics["one"])
+    assert metrics["ddp"].keys() == metrics["one"].keys()
+    for name, value in metrics["one"].items():
+        assert metrics["ddp"][name] == pytest.approx(value, rel=1e-5), name
