@@ -297,9 +297,10 @@ def test_a_wandb_run_continued_by_its_id_keeps_its_folder_and_takes_the_new_conf
     assert sorted(p.name for p in (folder / "checkpoints").glob("epoch=*.ckpt"))[-1].startswith(
         "epoch=1-step=10"
     )
-    # offline, W&B writes each part in a folder of its own, both named with the id
-    parts = offline_runs(offline)
-    assert [p.name.endswith("-r1") for p in parts] == [True, True]
+    # offline, W&B writes each part in a folder of its own, both holding run-<id>.wandb (the folder names may
+    # differ from offline-run-<time>-<id> when both parts start within the same second)
+    parts = sorted(offline_runs(offline), key=lambda part: (part / "run-r1.wandb").stat().st_mtime)
+    assert [(part / "run-r1.wandb").is_file() for part in parts] == [True, True]
     assert read_run(parts[-1])["config"]["trainer"]["max_epochs"] == 2
 
 
