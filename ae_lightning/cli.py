@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from ae_lightning.callbacks import PredictionWriter, SaveRunConfig
 from ae_lightning.checkpoints import check_checkpoint
-from ae_lightning.errors import AELightningError
+from ae_lightning.errors import AELightningError, CheckpointError
 from ae_lightning.models import AutoencoderBase
 
 
@@ -44,6 +44,20 @@ class AutoencoderCLI(LightningCLI):
             self.save_config_kwargs["overwrite"] = True
             if ckpt_path == "last":
                 self._continue_last_run(self.config.fit.trainer)
+        elif subcommand and ckpt_path == "last":
+            # Lightning would look for `last` only in this command's own new run folder, find nothing and go
+            # on with untrained weights: take the newest run's last.ckpt instead
+            run_root = self._run_root(self.config[subcommand].trainer)
+            if run_root is not None:
+                newest = self._newest_last_checkpoint(run_root)
+                if newest is None:
+                    raise CheckpointError(
+                        f"--ckpt_path last: no {run_root}/version_<n>/checkpoints/last.ckpt to {subcommand}: "
+                        "train first (fit), or give the path of a checkpoint"
+                    )
+                check_checkpoint(newest)
+                self.config[subcommand].ckpt_path = str(newest)
+                rank_zero_info(f"--ckpt_path last: {newest}")
 
     def before_predict(self) -> None:
         """`predict` writes its outputs to the run folder: a PredictionWriter with its defaults is added
@@ -52,24 +66,34 @@ class AutoencoderCLI(LightningCLI):
             self.trainer.callbacks.append(PredictionWriter())
 
     @staticmethod
-    def _continue_last_run(trainer_config: Namespace) -> None:
-        """`fit --ckpt_path last` continues the newest run: the logger is pointed at the version folder whose
-        `checkpoints/last.ckpt` is newest (Lightning looks for `last` only in this run's own folder, which
-        would otherwise be a fresh `version_<n+1>`). Loggers without save_dir/name/version folders, or with
-        a version set on the command line, are left as they are."""
+    def _run_root(trainer_config: Namespace) -> Path | None:
+        """`<save_dir>/<name>` of the config's logger, which holds its `version_<n>` run folders; None for
+        loggers without such folders or with the version set on the command line."""
         logger = trainer_config.get("logger")
         init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
         if init_args is None or init_args.get("version") is not None or "save_dir" not in init_args:
-            return
-        run_root = Path(init_args.save_dir) / (init_args.get("name") or "")
+            return None
+        return Path(init_args.save_dir) / (init_args.get("name") or "")
+
+    @staticmethod
+    def _newest_last_checkpoint(run_root: Path) -> Path | None:
+        """The newest `version_<n>/checkpoints/last.ckpt` under `run_root`, if any."""
         lasts = [
             path
             for path in run_root.glob("version_*/checkpoints/last.ckpt")
             if path.is_file() and re.fullmatch(r"version_\d+", path.parents[1].name)
         ]
-        if lasts:
-            newest = max(lasts, key=lambda path: path.stat().st_mtime)
-            init_args.version = int(newest.parents[1].name.removeprefix("version_"))
+        return max(lasts, key=lambda path: path.stat().st_mtime) if lasts else None
+
+    @classmethod
+    def _continue_last_run(cls, trainer_config: Namespace) -> None:
+        """`fit --ckpt_path last` continues the newest run: the logger is pointed at the version folder whose
+        `checkpoints/last.ckpt` is newest (Lightning looks for `last` only in this run's own folder, which
+        would otherwise be a fresh `version_<n+1>`). With no such run it starts afresh."""
+        run_root = cls._run_root(trainer_config)
+        newest = cls._newest_last_checkpoint(run_root) if run_root is not None else None
+        if newest is not None:
+            trainer_config.logger.init_args.version = int(newest.parents[1].name.removeprefix("version_"))
             rank_zero_info(f"Resuming the run in {newest.parents[1]} from {newest}")
 
 

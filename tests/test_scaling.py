@@ -152,6 +152,23 @@ def test_resume_from_last_without_a_previous_run_starts_afresh(data_dir: Path, i
     assert (run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_test_and_predict_with_ckpt_path_last_take_the_newest_runs_last_checkpoint(
+    data_dir: Path, in_tmp: Path
+) -> None:
+    main(["fit", "--config", AE, *tiny(data_dir)])
+    last = run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt"
+    for subcommand in ("test", "predict"):
+        done = main([subcommand, "--config", AE, *tiny(data_dir), "--ckpt_path", "last"])
+        assert Path(done.trainer.ckpt_path).resolve() == last.resolve()  # not untrained weights
+
+
+def test_ckpt_path_last_without_a_run_to_test_is_one_clear_error(data_dir: Path, in_tmp: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", AE, *tiny(data_dir), "--ckpt_path", "last"])
+    message = str(exit_info.value)
+    assert message.startswith("error: --ckpt_path last: no runs/ae/version_<n>/checkpoints/last.ckpt to test")
+
+
 # --- several processes, through the real command ---
 
 
