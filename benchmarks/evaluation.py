@@ -44,6 +44,7 @@ def cli_args(config: str, args: argparse.Namespace, *extra: str) -> list[str]:
         f"--data.val_size={args.val_size}",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
+        *args.extra,
         *extra,
     ]  # fmt: skip
 
@@ -128,6 +129,12 @@ def main_benchmark() -> None:
     parser.add_argument("--components", type=int, default=20, help="PCA components (the latent size)")
     parser.add_argument("--nll-samples", type=int, default=1000)
     parser.add_argument("--val-size", type=int, default=5000, help="as --data.val_size (the configs': 5000)")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        help="a cli.py flag for every fit, repeatable: --extra=--model.steps_per_call=16",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/)")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
@@ -142,6 +149,7 @@ def main_benchmark() -> None:
         "components": args.components,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "threads": torch.get_num_threads(),
+        "extra": args.extra,
         "total_seconds": time.perf_counter() - start,
         "results": results,
     }
