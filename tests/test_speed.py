@@ -1,6 +1,7 @@
 """The fast paths: resident data (the same epochs as the DataLoader path) and K optimizer steps per call (the
 same weights as K calls), and the epoch-speed benchmark on a tiny setting."""
 
+import csv as csv_module
 import json
 import subprocess
 import sys
@@ -105,6 +106,33 @@ def test_max_steps_counts_optimizer_steps_with_k_steps_per_call(data_dir: Path, 
     fitted = main(["fit", "--config", str(CONFIGS / "ae.yaml"), *tiny(data_dir), "--model.steps_per_call=4",
                    "--trainer.max_epochs=5", "--trainer.max_steps=6"])  # fmt: skip
     assert fitted.trainer.global_step == 6  # not 8: the second call stops after 2 of its 4 steps
+
+
+def test_k_steps_per_call_log_by_optimizer_step(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Loggers key rows by optimizer step with K steps per call, as with one: validation at the same steps,
+    and train/* after each call that passes a multiple of log_every_n_steps, at the call's last step."""
+    csv = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "csv"}}'
+    rows = {}
+    for k in (1, 4):
+        (tmp_path / f"k{k}").mkdir()
+        monkeypatch.chdir(tmp_path / f"k{k}")
+        main(["fit", "--config", str(CONFIGS / "ae.yaml"), *tiny(data_dir), "--trainer.max_epochs=2",
+              f"--trainer.logger={csv}", "--trainer.log_every_n_steps=2",
+              f"--model.steps_per_call={k}"])  # fmt: skip
+        (metrics,) = (tmp_path / f"k{k}" / "csv").glob("*/version_0/metrics.csv")
+        with open(metrics) as file:
+            rows[k] = list(csv_module.DictReader(file))
+    steps = {
+        k: {
+            stage: [int(row["step"]) for row in rows[k] if row[f"{stage}/loss"]] for stage in ("train", "val")
+        }
+        for k in rows
+    }
+    # 5 steps an epoch (batches of 16, 16, 16, 16, 8); K = 4 takes them in calls of 4 and 1
+    assert steps[1] == {"train": [1, 3, 5, 7, 9], "val": [4, 9]}
+    # the calls ending at steps 4, 9 and 10 pass 2 and 4 | 6 and 8 | 10
+    assert steps[4] == {"train": [3, 8, 9], "val": [4, 9]}
+    assert [row["epoch"] for row in rows[4] if row["train/loss"]] == ["0", "1", "1"]
 
 
 def test_k_steps_per_call_needs_resident_data(data_dir: Path, in_tmp: Path, capsys) -> None:

@@ -1,5 +1,6 @@
 """The shared base of every autoencoder: network construction, the training step, logging, optimizers."""
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanSquaredError
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
@@ -57,8 +59,9 @@ class AutoencoderBase(LightningModule):
             holds K batches (the CLI tells the datamodule) and the model steps through them in one call, so
             Lightning's per-step work (hooks, logging, progress bar) runs once per K steps. A step is still
             one optimizer step: `global_step`, `max_steps` and checkpoint names count optimizer steps, and K
-            steps in one call give the weights of K calls of one step. `train/*` is then logged once per
-            call, as the mean over its K batches.
+            steps in one call give the weights of K calls of one step. `train/*` is then the mean over a
+            call's K batches, sent to the loggers after every call that passes a multiple of
+            `log_every_n_steps` optimizer steps, and keyed (as validation is) by optimizer step.
         anomaly_quantile: the one-class threshold rule. When the data carries anomaly targets (the
             datamodule's `normal_classes`), every validation epoch sets the anomaly threshold to this quantile
             of the anomaly scores of the (normal) validation images, so about (1 - q) of normal data is
@@ -253,6 +256,7 @@ class AutoencoderBase(LightningModule):
         optimizer = self.optimizers()
         sums: dict[str, Tensor] = {}
         count = 0
+        first_step = self.trainer.global_step
         for batch in batches:
             if 0 <= self.trainer.max_steps <= self.trainer.global_step:
                 break
@@ -264,9 +268,46 @@ class AutoencoderBase(LightningModule):
             for name, per_image in terms.items():
                 sums[name] = sums.get(name, 0) + per_image.detach().sum()
             count += x.shape[0]
-        for name, total in sums.items():
-            self.log(f"train/{name}", total / count, on_step=True, prog_bar=name == "loss", batch_size=count)
-        return sums["loss"] / count
+        means = {f"train/{name}": total / count for name, total in sums.items()}
+        for name, mean in means.items():
+            # the progress bar and callbacks (a checkpoint monitoring train/loss) see every call's means;
+            # the loggers get them by optimizer step, below
+            self.log(name, mean, on_step=True, prog_bar=name == "train/loss", logger=False, batch_size=count)
+        self._log_by_optimizer_step(first_step, means)
+        return means["train/loss"]
+
+    def _log_by_optimizer_step(self, first_step: int, means: dict[str, Tensor]) -> None:
+        """Keeps the loggers' step axis and `log_every_n_steps` in optimizer steps when a call takes several.
+
+        Lightning counts one "batch that stepped" per call, keys logger rows (validation's too) by that count
+        and logs training metrics when it is a multiple of `log_every_n_steps`. Here the count is set to the
+        optimizer steps taken (Lightning adds the call's last), and the means of a call that passed a multiple
+        of `log_every_n_steps` go to the loggers at the call's last step, as Lightning would log one step.
+        """
+        trainer = self.trainer
+        last_step = trainer.global_step
+        trainer.fit_loop.epoch_loop._batches_that_stepped = last_step - 1
+        every = trainer.log_every_n_steps
+        if not self.loggers or every <= 0 or last_step // every == first_step // every:
+            return
+        metrics = {name: mean.item() for name, mean in means.items()} | {"epoch": trainer.current_epoch}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=last_step - 1)
+
+    def on_fit_start(self) -> None:
+        if not self.automatic_optimization:
+            # Lightning compares the calls of an epoch with log_every_n_steps, which counts optimizer steps
+            warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller")
+
+    def on_train_start(self) -> None:
+        trainer = self.trainer
+        steps = trainer.num_training_batches * self.steps_per_call
+        if not self.automatic_optimization and trainer.loggers and steps < trainer.log_every_n_steps:
+            rank_zero_warn(
+                f"an epoch has at most {steps} optimizer steps, fewer than log_every_n_steps "
+                f"({trainer.log_every_n_steps}): set --trainer.log_every_n_steps lower to see train/* "
+                "within epochs"
+            )
 
     def on_train_epoch_end(self) -> None:
         # with K steps per call Lightning leaves the scheduler to the model: step it where Lightning would
