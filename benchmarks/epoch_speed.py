@@ -7,6 +7,8 @@ Pipelines, each in a fresh process (so peak memory is its own), all in one run s
 a noisy machine:
   conventional  torchvision MNIST with ToTensor + Normalize per image, a DataLoader, a plain PyTorch loop
                 (Adam, the same model and loss, the same 55000 training images)
+  plain_resident  the floor: a plain PyTorch loop over the uint8 images kept on the device, a shuffled index
+                per epoch, scaling per batch, fused Adam (no framework, no logging, no checkpoints)
   default       `cli.py fit --config configs/vae.yaml` with its defaults (logger, checkpoints, grids)
   fast          the same with the fast path: `--model.steps_per_call K` (K optimizer steps per Lightning step)
 Timed: the training batches of each epoch after a warm-up epoch (validation and checkpoints excluded, for all
@@ -30,7 +32,7 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINES = ("conventional", "default", "fast")
+PIPELINES = ("conventional", "plain_resident", "default", "fast")
 
 
 def device_of(accelerator: str) -> torch.device:
@@ -55,26 +57,54 @@ def conventional(args: argparse.Namespace, device: torch.device) -> dict[str, An
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])  # [-1, 1]
+    mnist = datasets.MNIST(args.data_dir, train=True, transform=transform)
+    train = Subset(mnist, training_indices(len(mnist), args).tolist())
+    loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, pin_memory=device.type == "cuda")
+
+    def epoch(_: int):
+        for x, _ in loader:
+            yield x.to(device, non_blocking=True)
+
+    return plain_loop(args, device, epoch, fused=False)
+
+
+def plain_resident(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The floor any framework works against: resident uint8 images, fused Adam, nothing else."""
+    from torchvision import datasets
+
+    mnist = datasets.MNIST(args.data_dir, train=True)
+    images = mnist.data[training_indices(len(mnist), args)].unsqueeze(1).to(device)  # uint8 (N, 1, 28, 28)
+    generator = torch.Generator(device).manual_seed(42)
+
+    def epoch(_: int):
+        order = torch.randperm(len(images), generator=generator, device=device)
+        for start in range(0, len(images), args.batch_size):
+            yield images[order[start : start + args.batch_size]].float().div_(127.5).sub_(1)  # [-1, 1]
+
+    return plain_loop(args, device, epoch, fused=True)
+
+
+def training_indices(size: int, args: argparse.Namespace) -> torch.Tensor:
+    """The framework's training split: the same seeded permutation, the first val_size held out."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(42))[args.val_size :]
+
+
+def plain_loop(args: argparse.Namespace, device: torch.device, epoch_batches, fused: bool) -> dict[str, Any]:
+    """A hand-written training loop: the reference VAE, Adam lr 1e-3, over `epoch_batches(epoch)`."""
     from ae_lightning.models import VAE
 
     torch.manual_seed(42)
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])  # [-1, 1]
-    mnist = datasets.MNIST(args.data_dir, train=True, transform=transform)
-    # the framework's training split: the same seeded permutation, the first val_size held out
-    order = torch.randperm(len(mnist), generator=torch.Generator().manual_seed(42))
-    train = Subset(mnist, order[args.val_size :].tolist())
-    loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, pin_memory=device.type == "cuda")
-    model = VAE(backbone=args.backbone, value_range=(-1, 1)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model = VAE(backbone=args.backbone, value_range=(-1, 1), **conv_layers(args)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
     seconds, losses = [], []
-    for _ in range(args.epochs + 1):
+    for epoch in range(args.epochs + 1):
         total, batches = torch.zeros((), device=device), 0
         synchronize(device)
         start = time.perf_counter()
-        for batch, (x, _) in enumerate(loader):
+        for batch, x in enumerate(epoch_batches(epoch)):
             if args.limit_batches and batch >= args.limit_batches:
                 break
-            x = x.to(device, non_blocking=True)
             loss = model.loss_terms(x, "train")["loss"].mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -85,6 +115,11 @@ def conventional(args: argparse.Namespace, device: torch.device) -> dict[str, An
         seconds.append(time.perf_counter() - start)
         losses.append((total / batches).item())
     return {"seconds": seconds[1:], "loss": losses[-1], "images": batches * args.batch_size}
+
+
+def conv_layers(args: argparse.Namespace) -> dict[str, Any]:
+    """The conv VAE's channels, the same in every pipeline."""
+    return {"hidden_dims": [32, 64]} if args.backbone == "conv" else {}
 
 
 class EpochTimer:
@@ -144,7 +179,7 @@ def framework(args: argparse.Namespace, device: torch.device, fast: bool) -> dic
         f"--trainer.accelerator={args.accelerator}",
     ]  # fmt: skip
     if args.backbone == "conv":
-        flags.append("--model.hidden_dims=[32, 64]")
+        flags.append(f"--model.hidden_dims={conv_layers(args)['hidden_dims']}")
     if args.limit_batches:
         flags += [f"--trainer.limit_train_batches={args.limit_batches}", "--trainer.limit_val_batches=2"]
     if fast:
@@ -166,6 +201,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
     if args.pipeline == "conventional":
         result = conventional(args, device)
+    elif args.pipeline == "plain_resident":
+        result = plain_resident(args, device)
     else:
         result = framework(args, device, fast=args.pipeline == "fast")
     seconds = sum(result["seconds"]) / len(result["seconds"])

@@ -161,7 +161,7 @@ def test_the_benchmark_runs_on_a_tiny_setting(data_dir: Path, tmp_path: Path) ->
     assert [(r["backbone"], r["pipeline"]) for r in rows] == [
         (backbone, pipeline)
         for backbone in ("mlp", "conv")
-        for pipeline in ("conventional", "default", "fast")
+        for pipeline in ("conventional", "plain_resident", "default", "fast")
     ]
     for row in rows:
         assert row["seconds_per_epoch"] > 0 and row["images_per_second"] > 0 and row["peak_memory_mb"] > 0
