@@ -5,6 +5,7 @@ import csv as csv_module
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,34 @@ def test_k_steps_per_call_log_by_optimizer_step(data_dir: Path, tmp_path: Path, 
     # the calls ending at steps 4, 9 and 10 pass 2 and 4 | 6 and 8 | 10
     assert steps[4] == {"train": [3, 8, 9], "val": [4, 9]}
     assert [row["epoch"] for row in rows[4] if row["train/loss"]] == ["0", "1", "1"]
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "arguments", "expected_lr"),
+    [("ExponentialLR", '"gamma": 0.5', 0.25e-3), ("ReduceLROnPlateau", '"patience": 0, "factor": 0.1', None)],
+    ids=["exponential", "plateau"],
+)
+def test_lr_schedulers_step_once_an_epoch_with_any_k(
+    scheduler: str, arguments: str, expected_lr: float | None, data_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """`--model.lr_scheduler` steps every epoch, with one step per call as with K; a plateau scheduler
+    watches val/loss in both."""
+    lrs = {}
+    for k in (1, 4):
+        (tmp_path / f"k{k}").mkdir()
+        monkeypatch.chdir(tmp_path / f"k{k}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fitted = main(["fit", "--config", str(CONFIGS / "ae.yaml"), *tiny(data_dir),
+                           "--trainer.max_epochs=2", f"--model.steps_per_call={k}",
+                           '--model.lr_scheduler={"class_path": "torch.optim.lr_scheduler.' + scheduler
+                           + '", "init_args": {' + arguments + "}}"])  # fmt: skip
+        assert not [w for w in caught if "lr scheduler dict contains" in str(w.message)]
+        lrs[k] = fitted.trainer.optimizers[0].param_groups[0]["lr"]
+        assert fitted.trainer.global_step == 10
+    assert lrs[1] == lrs[4]
+    if expected_lr is not None:
+        assert lrs[1] == pytest.approx(expected_lr)
 
 
 def test_k_steps_per_call_needs_resident_data(data_dir: Path, in_tmp: Path, capsys) -> None:

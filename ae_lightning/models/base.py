@@ -387,5 +387,8 @@ class AutoencoderBase(LightningModule):
         optimizer = self.optimizer(self.parameters())
         if self.lr_scheduler is None:
             return optimizer
-        scheduler = self.lr_scheduler(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        scheduler = {"scheduler": self.lr_scheduler(optimizer)}
+        # with K steps per call the model steps it (on_train_epoch_end), a plateau one watching val/loss
+        if self.automatic_optimization:
+            scheduler["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
