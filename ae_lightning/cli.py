@@ -5,14 +5,15 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from ae_lightning.callbacks import PredictionWriter, SaveRunConfig
+from ae_lightning.callbacks import PredictionWriter, ProgressBar, SaveRunConfig
 from ae_lightning.checkpoints import check_checkpoint
 from ae_lightning.errors import AELightningError, CheckpointError
 from ae_lightning.models import AutoencoderBase
@@ -58,6 +59,17 @@ class AutoencoderCLI(LightningCLI):
                 check_checkpoint(newest)
                 self.config[subcommand].ckpt_path = str(newest)
                 rank_zero_info(f"--ckpt_path last: {newest}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with `callbacks.ProgressBar` (no wait for the device every step) in place of the
+        progress bar Lightning adds by default; a progress bar from the config is kept."""
+        # a copy: Lightning appends its defaults to the config's list
+        configured = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
+        trainer = super().instantiate_trainer(**kwargs)
+        default_bar = trainer.progress_bar_callback
+        if type(default_bar) is TQDMProgressBar and not any(default_bar is c for c in configured):
+            trainer.callbacks[trainer.callbacks.index(default_bar)] = ProgressBar()
+        return trainer
 
     def before_predict(self) -> None:
         """`predict` writes its outputs to the run folder: a PredictionWriter with its defaults is added

@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ae_lightning.callbacks import SampleGridCheckpoint
+from ae_lightning.callbacks import ProgressBar, SampleGridCheckpoint
 from ae_lightning.data import MNISTDataModule
 from ae_lightning.errors import ConfigError
 from ae_lightning.models import AE, VAE, VQVAE, ConditionalVAE, DenoisingAE
@@ -125,3 +125,8 @@ def test_model_without_prior_gets_reconstructions_only(tmp_path, data_dir) -> No
     fit(tmp_path, data_dir, VQVAE(latent_dim=8, code_dim=4, codebook_size=16, hidden_dims=[32]), callback, 1)
     grid = read_png(next(Path(callback.dirpath).glob("*.png")))
     assert grid.shape == (3, *grid_size(8))  # no sample block, though num_samples asks for 32
+
+
+def test_the_progress_bar_refuses_a_loss_interval_below_one_step() -> None:
+    with pytest.raises(ConfigError, match="loss_every_n_steps must be at least 1 step, got 0"):
+        ProgressBar(loss_every_n_steps=0)

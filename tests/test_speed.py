@@ -5,13 +5,17 @@ import csv as csv_module
 import json
 import subprocess
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ae_lightning.callbacks import ProgressBar
 from ae_lightning.cli import main
 from ae_lightning.data import MNISTDataModule
 from ae_lightning.data.samplers import ResidentBatches
@@ -162,6 +166,73 @@ def test_lr_schedulers_step_once_an_epoch_with_any_k(
     assert lrs[1] == lrs[4]
     if expected_lr is not None:
         assert lrs[1] == pytest.approx(expected_lr)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_training_steps_do_not_wait_for_the_device(
+    k: int, data_dir: Path, in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every tensor turned into a Python number makes the host wait for a GPU. In 10 training steps with the
+    progress bar on, the only ones are the bar's 3 reads of the loss (the first step and the last of each
+    epoch; with log_every_n_steps 50 the loggers are not due) and the DataLoader's seed, drawn once an epoch
+    from a CPU generator. (Lightning's own bar read every prog_bar metric after every step: 20 here.)"""
+    active, conversions = [False], []
+
+    def watched(name: str):
+        original = getattr(torch.Tensor, name)
+
+        def conversion(self, *args, **kwargs):
+            if active[0]:
+                conversions.append(traceback.extract_stack(limit=2)[0].filename)
+            return original(self, *args, **kwargs)
+
+        return conversion
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, watched(name))
+
+    class Watch(Callback):  # from a training batch's start to validation or the epoch's end
+        def on_train_batch_start(self, *args) -> None:
+            active[0] = True
+
+        def on_validation_start(self, *args) -> None:
+            active[0] = False
+
+        on_train_epoch_end = on_validation_start
+
+    cli = main(["--config", str(CONFIGS / "vae.yaml"), *tiny(data_dir), "--trainer.max_epochs=2",
+                "--trainer.enable_progress_bar=true", "--trainer.log_every_n_steps=50",
+                f"--model.steps_per_call={k}"], run=False)  # fmt: skip
+    assert isinstance(cli.trainer.progress_bar_callback, ProgressBar)
+    cli.trainer.callbacks.append(Watch())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 10
+    sources = [Path(filename).name for filename in conversions if "torch/utils/data" not in filename]
+    assert sources == ["progress.py"] * 3
+    assert "train/loss" in cli.trainer.progress_bar_callback.get_metrics(cli.trainer, cli.model)
+
+
+@pytest.mark.parametrize(
+    ("class_path", "init_args", "kind"),
+    [
+        ("lightning.pytorch.callbacks.TQDMProgressBar", '{"refresh_rate": 7}', TQDMProgressBar),
+        ("ae_lightning.callbacks.ProgressBar", '{"refresh_rate": 7, "loss_every_n_steps": 3}', ProgressBar),
+    ],
+    ids=["lightnings", "ours"],
+)
+def test_a_progress_bar_from_the_config_is_kept(
+    class_path: str, init_args: str, kind: type, data_dir: Path, in_tmp: Path
+) -> None:
+    bar = f'{{"class_path": "{class_path}", "init_args": {init_args}}}'
+    cli = main(["--config", str(CONFIGS / "ae.yaml"), *tiny(data_dir), "--trainer.enable_progress_bar=true",
+                f"--trainer.callbacks+={bar}"], run=False)  # fmt: skip
+    assert type(cli.trainer.progress_bar_callback) is kind
+    assert cli.trainer.progress_bar_callback.refresh_rate == 7
+    assert getattr(cli.trainer.progress_bar_callback, "loss_every_n_steps", 3) == 3
+    assert (
+        main(["--config", str(CONFIGS / "ae.yaml"), *tiny(data_dir)], run=False).trainer.progress_bar_callback
+        is None
+    )
 
 
 def test_k_steps_per_call_needs_resident_data(data_dir: Path, in_tmp: Path, capsys) -> None:

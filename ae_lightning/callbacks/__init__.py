@@ -2,8 +2,16 @@
 
 from ae_lightning.callbacks.feature_quality import FeatureQuality
 from ae_lightning.callbacks.prediction_writer import PredictionWriter
+from ae_lightning.callbacks.progress import ProgressBar
 from ae_lightning.callbacks.run_config import SaveRunConfig
 from ae_lightning.callbacks.sample_grid import SampleGridCheckpoint
 from ae_lightning.callbacks.test_pictures import TestPictures
 
-__all__ = ["FeatureQuality", "PredictionWriter", "SampleGridCheckpoint", "SaveRunConfig", "TestPictures"]
+__all__ = [
+    "FeatureQuality",
+    "PredictionWriter",
+    "ProgressBar",
+    "SampleGridCheckpoint",
+    "SaveRunConfig",
+    "TestPictures",
+]

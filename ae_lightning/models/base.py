@@ -209,7 +209,9 @@ class AutoencoderBase(LightningModule):
                 per_image.mean(),
                 on_step=training,
                 on_epoch=not training,
-                prog_bar=name == "loss",
+                # train/loss reaches the progress bar through the loss returned (callbacks.ProgressBar):
+                # Lightning would turn a prog_bar metric into a number, waiting for the device, every step
+                prog_bar=name == "loss" and not training,
                 # validation and test numbers are means over the whole set, not one rank's share
                 sync_dist=not training,
                 batch_size=x.shape[0],
@@ -270,9 +272,9 @@ class AutoencoderBase(LightningModule):
             count += x.shape[0]
         means = {f"train/{name}": total / count for name, total in sums.items()}
         for name, mean in means.items():
-            # the progress bar and callbacks (a checkpoint monitoring train/loss) see every call's means;
-            # the loggers get them by optimizer step, below
-            self.log(name, mean, on_step=True, prog_bar=name == "train/loss", logger=False, batch_size=count)
+            # callbacks (a checkpoint monitoring train/loss) see every call's means; the loggers get them
+            # by optimizer step, below; the progress bar gets the returned loss
+            self.log(name, mean, on_step=True, logger=False, batch_size=count)
         self._log_by_optimizer_step(first_step, means)
         return means["train/loss"]
 
