@@ -9,7 +9,8 @@ quality and the Bernoulli VAE's test NLL, with PCA baselines.
              `fit --data.normal_classes [d]`, then `test` of the last weights: test/auroc, test/aupr, test/f1
              over the whole test set (anomaly = not d); PCA with as many components as the latent size,
              fitted on the same normal training images, scored by its reconstruction error.
-  features   each model fitted on all training images, then `test`: test/linear_probe_acc and test/knn_acc of
+  features   each model (--models: AE, DAE, VAE, and DAE-features = configs/dae_features.yaml) fitted on all
+             training images, then `test`: test/linear_probe_acc and test/knn_acc of
              its latents (FeatureQuality); the same probe and k-NN on PCA features.
   nll        configs/vae_bernoulli.yaml fitted, then `test`: test/nll (k = 1000) beside the negative ELBO.
 Each writes benchmarks/results/<part>.json (or --out) with the settings, the machine and every number.
@@ -34,6 +35,8 @@ from ae_lightning.features import knn_accuracy, linear_probe_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"AE": "ae.yaml", "DAE": "dae.yaml", "VAE": "vae.yaml"}
+#: further configs `features` can measure (--models)
+FEATURE_MODELS = {**MODELS, "DAE-features": "dae_features.yaml"}
 
 
 def cli_args(config: str, args: argparse.Namespace, *extra: str) -> list[str]:
@@ -95,8 +98,8 @@ def one_class(args: argparse.Namespace) -> dict[str, Any]:
 
 def features(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for name, config in MODELS.items():
-        metrics, seconds = fit_and_test(config, args)
+    for name in args.models:
+        metrics, seconds = fit_and_test(FEATURE_MODELS[name], args)
         results[name] = {**metrics, "seconds": seconds}
         print(name, results[name], flush=True)
     datamodule = MNISTDataModule(data_dir=args.data_dir, val_size=args.val_size)
@@ -128,6 +131,9 @@ def main_benchmark() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--components", type=int, default=20, help="PCA components (the latent size)")
     parser.add_argument("--nll-samples", type=int, default=1000)
+    parser.add_argument(
+        "--models", nargs="+", default=list(MODELS), choices=list(FEATURE_MODELS), help="for features"
+    )
     parser.add_argument("--val-size", type=int, default=5000, help="as --data.val_size (the configs': 5000)")
     parser.add_argument(
         "--extra",

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from ae_lightning.cli import main
+from ae_lightning.models import DenoisingAE
 from tests.conftest import (
     CONFIGS,
     NUM_TEST,
@@ -118,6 +119,7 @@ VARIANT_CONFIGS = {
     "vqvae": ("val/commitment", "train/perplexity", "train/codes_used", "val/perplexity", "val/codes_used"),
     "vae_conv": ("val/kl", "val/active_units"),
     "vqvae_conv": ("val/commitment", "val/perplexity", "val/codes_used"),
+    "dae_features": ("val/recon_corrupted",),
 }
 
 
@@ -132,10 +134,11 @@ def test_variant_config_fits_and_writes_grids(name: str, data_dir: Path, in_tmp:
     model = fitted.model
     # the conditional VAE shows a row of 8 per class; the other VAEs 32 samples; the rest none
     samples = 10 * 8 if name == "cvae" else 32 if callable(getattr(model, "sample", None)) else 0
+    rows = 4 if isinstance(model, DenoisingAE) else 2  # the denoiser adds corrupted inputs and their outputs
     ckpts = sorted((run_folder(in_tmp, name) / "checkpoints").glob("*.ckpt"))
     assert len(ckpts) == 2  # the best and last
     for ckpt in ckpts:
-        assert read_png(ckpt.with_suffix(".png")).shape == (3, *grid_size(16, samples=samples))
+        assert read_png(ckpt.with_suffix(".png")).shape == (3, *grid_size(16, samples, rows_per_image=rows))
 
 
 @pytest.mark.parametrize(

@@ -19,12 +19,13 @@ from ae_lightning.models import (
     DenoisingAE,
     SparseAE,
 )
+from ae_lightning.models.dae import shift
 from ae_lightning.models.vae import gaussian_kl
 
 #: every variant with the arguments that make it small; a new variant added here is tested everywhere
 VARIANTS: tuple[tuple[type[AutoencoderBase], dict], ...] = (
     (AE, {}),
-    (DenoisingAE, {"noise_std": 0.2, "mask_prob": 0.1, "salt_pepper_prob": 0.05}),
+    (DenoisingAE, {"noise_std": 0.2, "mask_prob": 0.1, "salt_pepper_prob": 0.05, "shift_pixels": 2}),
     (VAE, {"beta": 1.0}),
     (SparseAE, {"sparsity_penalty": "kl", "sparsity_weight": 0.5, "sparsity_target": 0.1}),
     (ContractiveAE, {"contractive_weight": 0.1}),
@@ -222,6 +223,33 @@ def test_each_corruption_does_what_it_says(value_range) -> None:
     assert (noisy - x).std().item() == pytest.approx(0.25, rel=0.02)
 
 
+def test_shifting_moves_each_image_whole_and_fills_the_border() -> None:
+    """Every corrupted image is its clean image moved by one (dy, dx) within the limit, all channels alike,
+    the uncovered border at the bottom of the range; over 500 images every one of the 25 moves occurs."""
+    torch.manual_seed(0)
+    x = torch.rand(500, 3, 12, 10) + 1  # in [1, 2): no pixel equals the fill
+    model = make(DenoisingAE, {"noise_std": 0, "shift_pixels": 2}, image_shape=(3, 12, 10))
+    shifted = model.corrupt(x, torch.Generator().manual_seed(0))
+    low = model.value_range[0]
+    moves = []
+    for image, moved in zip(x, shifted, strict=True):
+        found = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(
+                moved, F.pad(image, (2, 2, 2, 2), value=low)[:, 2 - dy : 14 - dy, 2 - dx : 12 - dx]
+            )
+        ]
+        assert len(found) == 1
+        moves.append(found[0])
+    assert len(set(moves)) == 25
+    assert torch.equal(
+        model.corrupt(x[:8], torch.Generator().manual_seed(1)),
+        shift(x[:8], 2, low, torch.Generator().manual_seed(1)),
+    )
+
+
 def test_eval_corruption_is_the_same_every_epoch() -> None:
     model = make(DenoisingAE, {"noise_std": 0.3}).eval()
     x = fixed_batch()
@@ -252,6 +280,8 @@ def test_ae_refuses_a_latent_at_least_as_large_as_the_input(latent_dim) -> None:
         (DenoisingAE, {"mask_prob": 1.0}, "mask_prob must be a probability"),
         (DenoisingAE, {"salt_pepper_prob": -0.5}, "salt_pepper_prob must be a probability"),
         (DenoisingAE, {"noise_std": 0.0}, "needs a corruption"),
+        (DenoisingAE, {"shift_pixels": -1}, r"shift_pixels must be a number of pixels in \[0, 28\)"),
+        (DenoisingAE, {"shift_pixels": 28}, "for images of 28x28, got 28"),
         (VAE, {"beta": -1.0}, "beta must be >= 0"),
         (VAE, {"likelihood": "bernoulli", "value_range": (-1.0, 1.0)}, "bernoulli.*--data.value_range"),
         (AE, {"value_range": (0.0, 255.0)}, r"value_range must be \[-1, 1\] or \[0, 1\]"),
