@@ -261,6 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
+    args.data_dir = str(Path(args.data_dir).resolve())  # the framework's runs chdir into a temporary folder
     if args.pipeline:  # child: one setting, one JSON line on stdout
         print("RESULT " + json.dumps(run_one(args)), flush=True)
         return []

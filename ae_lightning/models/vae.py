@@ -185,10 +185,8 @@ class VAE(AutoencoderBase):
         """
         return self.decode(self.prior_noise(num_samples, generator))
 
-    def training_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
-        loss = super().training_step(batch, batch_idx)
-        self.log("train/kl_weight", self.kl_weight(), on_step=True, on_epoch=False)
-        return loss
+    def train_metrics(self) -> dict[str, Tensor | float]:
+        return {"kl_weight": self.kl_weight()}
 
     def test_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
         loss = super().test_step(batch, batch_idx)

@@ -95,12 +95,9 @@ class VQVAE(AutoencoderBase):
             terms["codebook"] = quantized.codebook
         return terms
 
-    def training_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
-        loss = super().training_step(batch, batch_idx)
-        # the counts of this step, already summed over processes by the quantizer
-        for name, value in usage_statistics(self.quantizer.last_counts).items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
-        return loss
+    def train_metrics(self) -> dict[str, Tensor | float]:
+        # the counts of the last step, already summed over processes by the quantizer
+        return usage_statistics(self.quantizer.last_counts)
 
     def validation_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
         loss = super().validation_step(batch, batch_idx)
