@@ -203,8 +203,9 @@ class AutoencoderBase(LightningModule):
         x = images_of(batch)
         terms = self.loss_terms(x, stage, **self.conditions_of(batch))
         training = stage == "train"
+        log_all_terms = not training or self.train_logs_due()
         for name, per_image in terms.items():
-            if training and name != "loss" and not self.train_logs_due():
+            if name != "loss" and not log_all_terms:
                 continue
             self.log(
                 f"{stage}/{name}",
@@ -218,7 +219,7 @@ class AutoencoderBase(LightningModule):
                 sync_dist=not training,
                 batch_size=x.shape[0],
             )
-        if training and self.train_logs_due():
+        if training and log_all_terms:
             for name, value in self.train_metrics().items():
                 self.log(f"train/{name}", value, on_step=True, on_epoch=False)
         is_anomaly = anomaly_targets_of(batch)
