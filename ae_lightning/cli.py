@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from ae_lightning.callbacks import PredictionWriter, ProgressBar, SaveRunConfig
-from ae_lightning.checkpoints import check_checkpoint
-from ae_lightning.errors import AELightningError, CheckpointError
+from ae_lightning.checkpoints import SafeCheckpointIO, check_checkpoint
+from ae_lightning.errors import AELightningError, CheckpointError, ConfigError
 from ae_lightning.models import AutoencoderBase
 
 
@@ -37,14 +38,16 @@ class AutoencoderCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         # before LightningCLI reads the checkpoint's hyperparameters and before any run folder is made
-        if ckpt_path:
-            check_checkpoint(ckpt_path)
+        checkpoint = check_checkpoint(ckpt_path) if ckpt_path else None
         if subcommand == "fit" and (ckpt_path or int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0):
             # a resumed (or SLURM-requeued) run writes into its own folder again: its config.yaml is
             # rewritten, with the ckpt_path it resumed from
             self.save_config_kwargs["overwrite"] = True
             if ckpt_path == "last":
-                self._continue_last_run(self.config.fit.trainer)
+                newest = self._continue_last_run(self.config.fit.trainer)
+                checkpoint = check_checkpoint(newest, given="last") if newest is not None else None
+            if checkpoint is not None:
+                self._check_max_epochs(checkpoint, self.config.fit.trainer, ckpt_path)
         elif subcommand and ckpt_path == "last":
             # Lightning would look for `last` only in this command's own new run folder, find nothing and go
             # on with untrained weights: take the newest run's last.ckpt instead
@@ -56,19 +59,28 @@ class AutoencoderCLI(LightningCLI):
                         f"--ckpt_path last: no {run_root}/version_<n>/checkpoints/last.ckpt to {subcommand}: "
                         "train first (fit), or give the path of a checkpoint"
                     )
-                check_checkpoint(newest)
+                check_checkpoint(newest, given="last")
                 self.config[subcommand].ckpt_path = str(newest)
                 rank_zero_info(f"--ckpt_path last: {newest}")
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands, without their `weights_only` argument: checkpoints are always read as
+        data only (`checkpoints.SafeCheckpointIO`)."""
+        return {name: {*skipped, "weights_only"} for name, skipped in LightningCLI.subcommands().items()}
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with `callbacks.ProgressBar` (no wait for the device every step) in place of the
-        progress bar Lightning adds by default; a progress bar from the config is kept."""
+        progress bar Lightning adds by default (a progress bar from the config is kept), and checkpoints
+        read and written through `SafeCheckpointIO` (unless the config sets a checkpoint plugin)."""
         # a copy: Lightning appends its defaults to the config's list
         configured = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
         trainer = super().instantiate_trainer(**kwargs)
         default_bar = trainer.progress_bar_callback
         if type(default_bar) is TQDMProgressBar and not any(default_bar is c for c in configured):
             trainer.callbacks[trainer.callbacks.index(default_bar)] = ProgressBar()
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
         return trainer
 
     def before_predict(self) -> None:
@@ -98,15 +110,28 @@ class AutoencoderCLI(LightningCLI):
         return max(lasts, key=lambda path: path.stat().st_mtime) if lasts else None
 
     @classmethod
-    def _continue_last_run(cls, trainer_config: Namespace) -> None:
+    def _continue_last_run(cls, trainer_config: Namespace) -> Path | None:
         """`fit --ckpt_path last` continues the newest run: the logger is pointed at the version folder whose
         `checkpoints/last.ckpt` is newest (Lightning looks for `last` only in this run's own folder, which
-        would otherwise be a fresh `version_<n+1>`). With no such run it starts afresh."""
+        would otherwise be a fresh `version_<n+1>`), and that checkpoint is returned. With no such run it
+        starts afresh (None)."""
         run_root = cls._run_root(trainer_config)
         newest = cls._newest_last_checkpoint(run_root) if run_root is not None else None
         if newest is not None:
             trainer_config.logger.init_args.version = int(newest.parents[1].name.removeprefix("version_"))
             rank_zero_info(f"Resuming the run in {newest.parents[1]} from {newest}")
+        return newest
+
+    @staticmethod
+    def _check_max_epochs(checkpoint: dict[str, Any], trainer_config: Namespace, ckpt_path: str) -> None:
+        """Refuses to resume a checkpoint past `max_epochs` (Lightning would fail later, with a traceback)."""
+        epoch, max_epochs = checkpoint.get("epoch"), trainer_config.get("max_epochs")
+        if isinstance(epoch, int) and max_epochs not in (None, -1) and epoch > max_epochs:
+            raise ConfigError(
+                f"--ckpt_path {ckpt_path} was saved in epoch {epoch} (counting from 0), past "
+                f"--trainer.max_epochs {max_epochs}: give a larger --trainer.max_epochs (the total number of "
+                "epochs, the checkpoint's included)"
+            )
 
 
 def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:

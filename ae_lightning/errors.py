@@ -14,4 +14,12 @@ class DataError(AELightningError, RuntimeError):
 
 
 class CheckpointError(AELightningError, RuntimeError):
-    """A `--ckpt_path` that does not exist or is not a readable Lightning checkpoint."""
+    """A checkpoint that does not exist, is damaged, is not a Lightning checkpoint or holds more than data."""
+
+
+class WriteError(AELightningError, OSError):
+    """A file of the run that could not be written: the disk is full, the folder read-only, ..."""
+
+
+class TrainingError(AELightningError, RuntimeError):
+    """Training that cannot go on usefully, such as a loss that became NaN or infinite."""

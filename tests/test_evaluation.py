@@ -120,7 +120,7 @@ def test_anomaly_config_fits_tests_and_flags_predictions(data_dir: Path, in_tmp:
         torch.quantile(val_scores, 0.95, interpolation="higher").item(), rel=1e-5
     )
     ckpt = run_folder(in_tmp, "anomaly") / "checkpoints" / "last.ckpt"
-    assert torch.load(ckpt, weights_only=False)["anomaly_threshold"] == threshold
+    assert torch.load(ckpt, weights_only=True)["anomaly_threshold"] == threshold
 
     tested = main(["test", "--config", ANOMALY, *tiny(data_dir), "--ckpt_path", str(ckpt)])
     metrics = tested.trainer.callback_metrics

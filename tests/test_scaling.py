@@ -46,7 +46,7 @@ def callback_flag(name: str, **init_args: object) -> str:
 
 
 def state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def assert_same_weights(a: Path, b: Path, atol: float) -> None:
@@ -58,7 +58,7 @@ def assert_same_weights(a: Path, b: Path, atol: float) -> None:
 
 def monitored_score(ckpt: Path) -> float:
     """The `val/loss` the checkpoint callback saw when it saved `ckpt`, at full precision."""
-    states = torch.load(ckpt, map_location="cpu", weights_only=False)["callbacks"]
+    states = torch.load(ckpt, map_location="cpu", weights_only=True)["callbacks"]
     (state,) = [value for key, value in states.items() if key.startswith("SampleGridCheckpoint")]
     return float(state["current_score"])
 
@@ -255,14 +255,14 @@ def test_sigterm_mid_epoch_leaves_a_checkpoint_that_resumes(data_dir: Path, tmp_
     )  # fmt: skip
     assert "sends itself ['SIGTERM']" in stopped.stdout, stopped.stderr[-3000:]
     last = run_folder(tmp_path, "ae") / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, map_location="cpu", weights_only=False)
+    saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 2 and last.with_suffix(".png").is_file()
 
     resume = ["fit", "--config", AE, *tiny(data_dir), "--trainer.max_epochs=2", "--ckpt_path=last"]
     resumed = cli(resume, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Restoring states from the checkpoint path at {last.resolve()}" in resumed.stdout + resumed.stderr
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 10
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 10
     assert [p.name for p in (tmp_path / "runs" / "ae").iterdir()] == ["version_0"]
     assert any(p.name.startswith("epoch=1-step=10-") and p.suffix == ".png" for p in last.parent.iterdir())
 
@@ -293,7 +293,7 @@ def test_slurm_sigusr1_saves_requeues_and_the_requeued_job_resumes(data_dir: Pat
     assert "sends itself" in preempted.stdout, preempted.stderr[-3000:]
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
     hpc = tmp_path / "runs/slurm/4242/hpc_ckpt_1.ckpt"
-    assert torch.load(hpc, map_location="cpu", weights_only=False)["global_step"] == 2
+    assert torch.load(hpc, map_location="cpu", weights_only=True)["global_step"] == 2
 
     requeued = cli(job, cwd=tmp_path, env={**slurm, "SLURM_RESTART_COUNT": "1"})
     assert requeued.returncode == 0, requeued.stderr[-3000:]
@@ -301,7 +301,7 @@ def test_slurm_sigusr1_saves_requeues_and_the_requeued_job_resumes(data_dir: Pat
     restored = re.search(r"Restoring states from the checkpoint path at (\S+)", output)
     assert restored and (tmp_path / restored[1]).resolve() == hpc
     last = tmp_path / "runs/ae/job_4242/checkpoints/last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 10
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 10
     assert last.with_suffix(".png").is_file()
 
 

@@ -92,5 +92,5 @@ def test_sbatch_trains_two_ranks_and_resumes_after_requeue(tmp_path: Path) -> No
     run = tmp_path / "runs" / "ae"
     assert [p.name for p in run.iterdir()] == [f"job_{job}"]  # the requeued job went on in its folder
     last = run / f"job_{job}" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 9
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 9
     assert read_png(last.with_suffix(".png")).shape[0] == 3

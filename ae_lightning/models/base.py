@@ -2,7 +2,8 @@
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from pathlib import Path
+from typing import IO, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +13,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanSquaredError
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from typing_extensions import Self
 
 from ae_lightning.anomaly import DEFAULT_ANOMALY_QUANTILE, OneClassMetrics, ScoreQuantile
+from ae_lightning.checkpoints import read_checkpoint
 from ae_lightning.errors import CheckpointError, ConfigError
 from ae_lightning.models.rng import RNG_STATES_KEY, rng_states, set_rng_states
 from ae_lightning.nets import DEFAULT_HIDDEN_DIMS, Backbone, build_decoder, build_encoder
@@ -408,6 +411,24 @@ class AutoencoderBase(LightningModule):
                     f"the checkpoint was trained on data with {name} {list(trained[name])}, but this run's "
                     f"data has {current}: set {flag} as in the run that made the checkpoint (its config.yaml)"
                 )
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Lightning's `load_from_checkpoint`, reading the file as `checkpoints.read_checkpoint` does: whole
+        (its checksums verified) and as data only; a missing, damaged or foreign file is a CheckpointError."""
+        read_checkpoint(checkpoint_path, map_location="cpu")
+        if not isinstance(checkpoint_path, (str, Path)):
+            checkpoint_path.seek(0)
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
+        )
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())
