@@ -1,27 +1,78 @@
 """The command line: LightningCLI, with the model picked by `class_path` and fitted to the data."""
 
+import errno
+import logging
 import os
-import re
+import signal
 import sys
+import threading
 import warnings
-from pathlib import Path
+from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
-from jsonargparse import Namespace
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
-from ae_lightning.callbacks import PredictionWriter, ProgressBar, SaveRunConfig
+import ae_lightning.data
+import ae_lightning.models
+from ae_lightning.callbacks import NonFiniteLossCheck, PredictionWriter, ProgressBar, SaveRunConfig
 from ae_lightning.checkpoints import SafeCheckpointIO, check_checkpoint
-from ae_lightning.errors import AELightningError, CheckpointError, ConfigError
+from ae_lightning.errors import AELightningError, CheckpointError, ConfigError, TrainingError, WriteError
+from ae_lightning.files import write_error
 from ae_lightning.models import AutoencoderBase
+from ae_lightning.parser import ArgumentParser
+from ae_lightning.run_folders import NewRunFolder, newest_last_checkpoint, run_root
+
+#: exit status of a training run stopped by SIGTERM (or SIGUSR1 outside SLURM's requeue) after it saved
+#: `last.ckpt`: 128 + SIGTERM, what a shell reports for a process that signal ended
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+#: what an OSError of a write means: the disk or folder, not the program (said in one line)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+@dataclass
+class CommandState:
+    """What one command set up, for `main` to undo if the command fails (the CLI fails in its constructor,
+    so `main` has no CLI object then)."""
+
+    new_run_folder: NewRunFolder | None = None
+    trainer: Trainer | None = None
+    previous_sigusr1: Any = field(default=None)
 
 
 class AutoencoderCLI(LightningCLI):
-    """LightningCLI for autoencoders: the datamodule tells the model its image shape and value range."""
+    """LightningCLI for autoencoders: the datamodule tells the model its image shape and value range.
+
+    Before anything is written it checks the `--ckpt_path` (whole and data only), the optimizer and
+    scheduler arguments and resuming past `max_epochs`; a new run takes its `version_<n>` folder
+    atomically. `state` records what the command set up (see `main`).
+    """
+
+    def __init__(self, *args: Any, state: CommandState | None = None, **kwargs: Any) -> None:
+        self.state = state or CommandState()
+        self._parsers: list[ArgumentParser] = []
+        super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """Each parser (the main one and the subcommands') knows the classes `--model` and `--data` take
+        and the other parsers' options, for its short errors (`parser.ArgumentParser`)."""
+        parser = super().init_parser(**kwargs)
+        if isinstance(parser, ArgumentParser):
+            parser.classes = {
+                "model": _classes(ae_lightning.models, AutoencoderBase),
+                "data": _classes(ae_lightning.data, LightningDataModule),
+            }
+            for other in self._parsers:
+                other.siblings.append(parser)
+                parser.siblings.append(other)
+            self._parsers.append(parser)
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # one source of truth: the data decides the shape and range, the model is built for them
@@ -32,6 +83,14 @@ class AutoencoderCLI(LightningCLI):
             )
         # K optimizer steps per call need K batches per training item: the model's setting sizes them
         parser.link_arguments("model.init_args.steps_per_call", "data.init_args.steps_per_call")
+        # in every run: a loss that becomes NaN stops it (--nonfinite_loss.stop false trains on)
+        parser.add_lightning_class_args(NonFiniteLossCheck, "nonfinite_loss")
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands, without their `weights_only` argument: checkpoints are always read as
+        data only (`checkpoints.SafeCheckpointIO`)."""
+        return {name: {*skipped, "weights_only"} for name, skipped in LightningCLI.subcommands().items()}
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
@@ -44,30 +103,54 @@ class AutoencoderCLI(LightningCLI):
             # rewritten, with the ckpt_path it resumed from
             self.save_config_kwargs["overwrite"] = True
             if ckpt_path == "last":
-                newest = self._continue_last_run(self.config.fit.trainer)
+                newest = self._continue_last_run()
                 checkpoint = check_checkpoint(newest, given="last") if newest is not None else None
             if checkpoint is not None:
-                self._check_max_epochs(checkpoint, self.config.fit.trainer, ckpt_path)
+                self._check_max_epochs(checkpoint, ckpt_path)
         elif subcommand and ckpt_path == "last":
             # Lightning would look for `last` only in this command's own new run folder, find nothing and go
             # on with untrained weights: take the newest run's last.ckpt instead
-            run_root = self._run_root(self.config[subcommand].trainer)
-            if run_root is not None:
-                newest = self._newest_last_checkpoint(run_root)
+            root = run_root(self.config[subcommand].trainer)
+            if root is not None:
+                newest = newest_last_checkpoint(root)
                 if newest is None:
                     raise CheckpointError(
-                        f"--ckpt_path last: no {run_root}/version_<n>/checkpoints/last.ckpt to {subcommand}: "
+                        f"--ckpt_path last: no {root}/version_<n>/checkpoints/last.ckpt to {subcommand}: "
                         "train first (fit), or give the path of a checkpoint"
                     )
                 check_checkpoint(newest, given="last")
                 self.config[subcommand].ckpt_path = str(newest)
                 rank_zero_info(f"--ckpt_path last: {newest}")
 
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        """Lightning's subcommands, without their `weights_only` argument: checkpoints are always read as
-        data only (`checkpoints.SafeCheckpointIO`)."""
-        return {name: {*skipped, "weights_only"} for name, skipped in LightningCLI.subcommands().items()}
+    def _continue_last_run(self) -> Any:
+        """`fit --ckpt_path last` continues the newest run: the logger is pointed at the version folder whose
+        `checkpoints/last.ckpt` is newest (Lightning looks for `last` only in this run's own folder, which
+        would otherwise be a fresh `version_<n+1>`), and that checkpoint is returned. With no such run it
+        starts afresh (None)."""
+        trainer_config = self.config.fit.trainer
+        root = run_root(trainer_config)
+        newest = newest_last_checkpoint(root) if root is not None else None
+        if newest is not None:
+            trainer_config.logger.init_args.version = int(newest.parents[1].name.removeprefix("version_"))
+            rank_zero_info(f"Resuming the run in {newest.parents[1]} from {newest}")
+        return newest
+
+    def _check_max_epochs(self, checkpoint: dict[str, Any], ckpt_path: str) -> None:
+        """Refuses to resume a checkpoint past `max_epochs` (Lightning would fail later, with a traceback)."""
+        epoch, max_epochs = checkpoint.get("epoch"), self.config.fit.trainer.get("max_epochs")
+        if isinstance(epoch, int) and max_epochs not in (None, -1) and epoch > max_epochs:
+            raise ConfigError(
+                f"--ckpt_path {ckpt_path} was saved in epoch {epoch} (counting from 0), past "
+                f"--trainer.max_epochs {max_epochs}: give a larger --trainer.max_epochs (the total number of "
+                "epochs, the checkpoint's included)"
+            )
+
+    def before_instantiate_classes(self) -> None:
+        """A new run of a TensorBoard or CSV logger takes its `version_<n>` folder now, atomically (on
+        global rank zero; the other ranks write nothing)."""
+        subcommand = self.config.get("subcommand")
+        if subcommand and rank_zero_only.rank == 0:
+            self.state.new_run_folder = NewRunFolder(self.config[subcommand].trainer)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with `callbacks.ProgressBar` (no wait for the device every step) in place of the
@@ -81,7 +164,24 @@ class AutoencoderCLI(LightningCLI):
             trainer.callbacks[trainer.callbacks.index(default_bar)] = ProgressBar()
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        self.state.trainer = trainer
         return trainer
+
+    def before_fit(self) -> None:
+        """Checks the optimizer's and scheduler's arguments by building them once (a bad `lr` would fail only
+        after the run folder is written), and makes SIGUSR1 stop the run as SIGTERM does, unless SLURM's
+        requeue (which Lightning handles) uses it."""
+        try:
+            self.model.configure_optimizers()
+        except (ValueError, TypeError, KeyError) as err:
+            reason = " ".join(str(err).split())
+            raise ConfigError(
+                f"the optimizer or learning-rate scheduler refused its arguments: {reason}; "
+                "fix --model.optimizer (or --model.lr_scheduler)"
+            ) from None
+        # under SLURM, Lightning's requeue handler takes SIGUSR1 (and is not set if one is there already)
+        if not SLURMEnvironment.detect() and threading.current_thread() is threading.main_thread():
+            self.state.previous_sigusr1 = signal.signal(signal.SIGUSR1, _stop_as_on_sigterm)
 
     def before_predict(self) -> None:
         """`predict` writes its outputs to the run folder: a PredictionWriter with its defaults is added
@@ -89,78 +189,100 @@ class AutoencoderCLI(LightningCLI):
         if not any(isinstance(callback, BasePredictionWriter) for callback in self.trainer.callbacks):
             self.trainer.callbacks.append(PredictionWriter())
 
-    @staticmethod
-    def _run_root(trainer_config: Namespace) -> Path | None:
-        """`<save_dir>/<name>` of the config's logger, which holds its `version_<n>` run folders; None for
-        loggers without such folders or with the version set on the command line."""
-        logger = trainer_config.get("logger")
-        init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
-        if init_args is None or init_args.get("version") is not None or "save_dir" not in init_args:
-            return None
-        return Path(init_args.save_dir) / (init_args.get("name") or "")
-
-    @staticmethod
-    def _newest_last_checkpoint(run_root: Path) -> Path | None:
-        """The newest `version_<n>/checkpoints/last.ckpt` under `run_root`, if any."""
-        lasts = [
-            path
-            for path in run_root.glob("version_*/checkpoints/last.ckpt")
-            if path.is_file() and re.fullmatch(r"version_\d+", path.parents[1].name)
-        ]
-        return max(lasts, key=lambda path: path.stat().st_mtime) if lasts else None
-
-    @classmethod
-    def _continue_last_run(cls, trainer_config: Namespace) -> Path | None:
-        """`fit --ckpt_path last` continues the newest run: the logger is pointed at the version folder whose
-        `checkpoints/last.ckpt` is newest (Lightning looks for `last` only in this run's own folder, which
-        would otherwise be a fresh `version_<n+1>`), and that checkpoint is returned. With no such run it
-        starts afresh (None)."""
-        run_root = cls._run_root(trainer_config)
-        newest = cls._newest_last_checkpoint(run_root) if run_root is not None else None
-        if newest is not None:
-            trainer_config.logger.init_args.version = int(newest.parents[1].name.removeprefix("version_"))
-            rank_zero_info(f"Resuming the run in {newest.parents[1]} from {newest}")
-        return newest
-
-    @staticmethod
-    def _check_max_epochs(checkpoint: dict[str, Any], trainer_config: Namespace, ckpt_path: str) -> None:
-        """Refuses to resume a checkpoint past `max_epochs` (Lightning would fail later, with a traceback)."""
-        epoch, max_epochs = checkpoint.get("epoch"), trainer_config.get("max_epochs")
-        if isinstance(epoch, int) and max_epochs not in (None, -1) and epoch > max_epochs:
-            raise ConfigError(
-                f"--ckpt_path {ckpt_path} was saved in epoch {epoch} (counting from 0), past "
-                f"--trainer.max_epochs {max_epochs}: give a larger --trainer.max_epochs (the total number of "
-                "epochs, the checkpoint's included)"
-            )
-
 
 def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
     """Entry point of `python cli.py`: runs a subcommand, or exits with a one-line error for bad input.
 
-    With `run=False` it only parses `args` (no subcommand) and builds the trainer, model and datamodule.
+    Exit status: 0 done; 1 an error the message explains (bad input, a NaN loss, a full disk); 2 a mistake
+    in the arguments or config; `PREEMPTED_EXIT_CODE` (143) stopped by SIGTERM or SIGUSR1 after saving
+    `last.ckpt` (resume with `fit --ckpt_path last`). A command that fails before training a step removes
+    the run folder it made. With `run=False` it only parses `args` (no subcommand) and builds the trainer,
+    model and datamodule.
     """
-    # Lightning 2.6 calls a torch pytree API that newer torch deprecates, warning on every run
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    state = CommandState()
+    quiet = _Quiet()
     try:
-        cli = AutoencoderCLI(
-            AutoencoderBase,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,  # the model takes its optimizer as an argument
-            # config.yaml in the run's own folder (not W&B's shared save_dir), and the run config in W&B
-            save_config_callback=SaveRunConfig,
-            args=args,
-            run=run,
-        )
-    except Exception as err:
-        user_error = _user_error(err)
+        with quiet:
+            cli = AutoencoderCLI(
+                AutoencoderBase,
+                LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                auto_configure_optimizers=False,  # the model takes its optimizer as an argument
+                # config.yaml in the run's own folder (not W&B's shared save_dir), and the run config in W&B
+                save_config_callback=SaveRunConfig,
+                parser_class=ArgumentParser,
+                args=args,
+                run=run,
+                state=state,
+            )
+    except SIGTERMException:
+        sys.stderr.write(f"stopped by a signal before the end (exit status {PREEMPTED_EXIT_CODE})\n")
+        sys.exit(PREEMPTED_EXIT_CODE)
+    except BaseException as err:
+        if state.new_run_folder is not None and (state.trainer is None or state.trainer.global_step == 0):
+            state.new_run_folder.remove()
+        user_error = _user_error(err) or quiet.write_error
         if user_error is None:
             raise
+        if isinstance(user_error, TrainingError) and rank_zero_only.rank != 0:
+            sys.exit(1)  # every rank stops together: rank zero says why
         sys.exit(f"error: {user_error}")
+    finally:
+        if state.previous_sigusr1 is not None:
+            signal.signal(signal.SIGUSR1, state.previous_sigusr1)
     if run:
         _finish_runs(cli.trainer)
     return cli
+
+
+def _stop_as_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGUSR1 handler: the run stops as on SIGTERM (Lightning's handler saves last.ckpt and stops)."""
+    signal.raise_signal(signal.SIGTERM)
+
+
+class _Quiet:
+    """While a command runs: no Lightning tip about its cloud logger, no warning about a torch API that
+    Lightning 2.6 calls, and an OSError of a background writer thread (TensorBoard's, on a full disk) is
+    kept for the one-line error instead of printed as a traceback (the main thread fails at its next write
+    to the same file). Everything is as before when the command ends."""
+
+    def __init__(self) -> None:
+        self.write_error: WriteError | None = None
+        self._previous_hook = threading.excepthook
+        self._logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        self._warnings = warnings.catch_warnings()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip: For seamless cloud logging")
+
+    def _thread_hook(self, hook_args: Any) -> None:
+        err = hook_args.exc_value
+        if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+            self.write_error = self.write_error or write_error(err, err.filename)
+            return
+        self._previous_hook(hook_args)
+
+    def __enter__(self) -> "_Quiet":
+        self._logger.addFilter(self)
+        threading.excepthook = self._thread_hook
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._warnings.__exit__(*exc_info)
+        self._logger.removeFilter(self)
+        threading.excepthook = self._previous_hook
+
+
+def _classes(module: Any, base: type) -> list[str]:
+    """The classes `module` exports that derive from `base`, as `module.Name` import paths."""
+    return sorted(
+        f"{module.__name__}.{name}"
+        for name in getattr(module, "__all__", ())
+        if isinstance(value := getattr(module, name), type) and issubclass(value, base) and value is not base
+    )
 
 
 def _finish_runs(trainer: Trainer) -> None:
@@ -172,10 +294,19 @@ def _finish_runs(trainer: Trainer) -> None:
 
 
 def _user_error(err: BaseException | None) -> AELightningError | None:
-    """The AELightningError that `err` is or was directly caused by (jsonargparse re-raises errors from
-    instantiating a class as the cause of its own), if any."""
-    while err is not None:
-        if isinstance(err, AELightningError):
-            return err
-        err = err.__cause__
+    """The AELightningError that `err` is or was caused by or raised while handling (jsonargparse re-raises
+    errors from instantiating a class as the cause of its own; Lightning's clean-up after an error can fail
+    in turn), or the one-line WriteError of an OSError of a full disk or an unwritable folder."""
+    seen = set()
+    chain = []
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for link in chain:
+        if isinstance(link, AELightningError):
+            return link
+    for link in chain:
+        if isinstance(link, OSError) and link.errno in _WRITE_ERRNOS:
+            return write_error(link, link.filename)
     return None

@@ -20,13 +20,14 @@ _REASONS = {
 }
 
 
-def write_error(err: OSError, path: str | Path) -> WriteError:
-    """The one-line error for a failed write of `path`: what went wrong, where, and what to do."""
-    path = Path(path)
+def write_error(err: OSError, path: str | Path | None) -> WriteError:
+    """The one-line error for a failed write of `path` (None: unknown): what went wrong, where, and what to
+    do."""
     reason = _REASONS.get(err.errno or 0) or " ".join(str(err.strerror or err).split())
+    what = "the run's files" if path is None else f"{Path(path).name} into {Path(path).parent}"
     return WriteError(
-        f"cannot write {path.name} into {path.parent}: {reason} (no partial file was left). Make room there, "
-        "or write the run elsewhere (--trainer.logger.init_args.save_dir)"
+        f"cannot write {what}: {reason} (no partial file was left). Make room there, or write the run "
+        "elsewhere (--trainer.logger.init_args.save_dir)"
     )
 
 

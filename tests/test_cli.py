@@ -217,12 +217,128 @@ def test_bad_values_exit_with_one_clear_line_before_anything_runs(
     assert not (in_tmp / "runs").exists()  # nothing was started or written
 
 
-def test_unknown_class_path_is_a_parse_error_naming_it(capsys: pytest.CaptureFixture, in_tmp: Path) -> None:
+MODELS = (
+    "ae_lightning.models.AE, ae_lightning.models.ConditionalVAE, ae_lightning.models.ContractiveAE, "
+    "ae_lightning.models.DenoisingAE, ae_lightning.models.IWAE, ae_lightning.models.SparseAE, "
+    "ae_lightning.models.VAE, ae_lightning.models.VQVAE"
+)
+
+
+@pytest.mark.parametrize(
+    "args, error, tip",
+    [
+        (
+            ["--model", "ae_lightning.models.VQVAE3000"],
+            "--model: no class ae_lightning.models.VQVAE3000; did you mean ae_lightning.models.VQVAE?",
+            f"--model takes one of {MODELS}",
+        ),
+        (
+            ["--model", "VAEE"],
+            "--model: no class VAEE; did you mean ae_lightning.models.VAE?",
+            f"--model takes one of {MODELS}",
+        ),
+        (
+            ["--model.latnt_dim", "3"],
+            "--model.latnt_dim: ae_lightning.models.VAE takes no argument 'latnt_dim'; did you mean "
+            "latent_dim?",
+            "`python cli.py fit --model.help ae_lightning.models.VAE` lists its arguments",
+        ),
+        (
+            ["--data.batch_sise", "3"],
+            "--data.batch_sise: ae_lightning.data.MNISTDataModule takes no argument 'batch_sise'; did you "
+            "mean batch_size?",
+            "`python cli.py fit --data.help ae_lightning.data.MNISTDataModule` lists its arguments",
+        ),
+        (
+            ["--model.optimizer.init_args.lrr", "0.1"],
+            "--model.optimizer.lrr: torch.optim.Adam takes no argument 'lrr'; did you mean lr?",
+            "`python cli.py fit --help` lists every option",
+        ),
+        (  # a prefix of an option is not taken for it
+            ["--trainer.max_epoch", "1"],
+            "unknown option --trainer.max_epoch; did you mean --trainer.max_epochs?",
+            "`python cli.py fit --help` lists every option",
+        ),
+        (
+            ["--trainer.logger", "lightning.pytorch.loggers.TensorBoardLoger"],
+            "--trainer.logger: no class lightning.pytorch.loggers.TensorBoardLoger; did you mean "
+            "lightning.pytorch.loggers.TensorBoardLogger?",
+            None,
+        ),
+        (
+            ["--model.backbone", "cnn"],
+            "--model.backbone: cnn is not valid here, expected one of 'mlp', 'conv'",
+            "`python cli.py fit --help` lists every option",
+        ),
+        (
+            ["--trainer.max_epochs", "ten"],
+            "--trainer.max_epochs: ten is not valid here, expected int",
+            "`python cli.py fit --help` lists every option",
+        ),
+        (
+            ["--config", "{tmp}/typo.yaml"],
+            "unknown option --trainer.max_epoch; did you mean --trainer.max_epochs?",
+            "`python cli.py fit --help` lists every option",
+        ),
+    ],
+    ids=lambda value: value[0] if isinstance(value, list) else None,
+)
+def test_argument_and_config_mistakes_are_two_lines_naming_the_closest_valid_names(
+    args: list[str], error: str, tip: str | None, capsys: pytest.CaptureFixture, in_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """No usage, no nested report: the wrong key or class, the closest valid name, what to do."""
+    monkeypatch.setattr(sys, "argv", ["cli.py"])  # the program name the messages show
+    (in_tmp / "typo.yaml").write_text("trainer:\n  max_epoch: 3\n")
+    args = [arg.replace("{tmp}", str(in_tmp)) for arg in args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "vae.yaml"), *args])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"error: {error}"
+    assert len(lines) == 2 and lines[1].startswith("tip: ")
+    if tip is not None:
+        assert lines[1] == f"tip: {tip}"
+    assert not (in_tmp / "runs").exists()
+
+
+def test_a_mistake_is_two_lines_on_stderr_of_the_real_command(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "fit", "--config", str(CONFIGS / "vae.yaml"),
+         "--model.latent_dimm", "2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: --model.latent_dimm: ae_lightning.models.VAE takes no argument 'latent_dimm'; did you mean "
+        "latent_dim?",
+        "tip: `python cli.py fit --model.help ae_lightning.models.VAE` lists its arguments",
+    ]
+
+
+def test_help_still_shows_the_full_usage(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--trainer.max_epochs" in out and "--nonfinite_loss.stop" in out and "--weights_only" not in out
+
+
+def test_a_bad_learning_rate_is_one_line_before_anything_is_written(data_dir: Path, in_tmp: Path) -> None:
     with pytest.raises(SystemExit) as error:
-        main(["fit", "--config", str(CONFIGS / "vae.yaml"), "--model", "ae_lightning.models.VQVAE3000"])
-    assert error.value.code == 2
-    err = capsys.readouterr().err
-    assert "ae_lightning.models.VQVAE3000" in err and "has no attribute 'VQVAE3000'" in err
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "ae.yaml"),
+                *tiny(data_dir),
+                "--model.optimizer.init_args.lr=-1",
+            ]
+        )
+    assert str(error.value.code) == (
+        "error: the optimizer or learning-rate scheduler refused its arguments: Invalid learning rate: -1.0; "
+        "fix --model.optimizer (or --model.lr_scheduler)"
+    )
     assert not (in_tmp / "runs").exists()
 
 

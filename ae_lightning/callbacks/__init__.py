@@ -1,6 +1,7 @@
 """Lightning callbacks."""
 
 from ae_lightning.callbacks.feature_quality import FeatureQuality
+from ae_lightning.callbacks.nonfinite import NonFiniteLossCheck
 from ae_lightning.callbacks.prediction_writer import PredictionWriter
 from ae_lightning.callbacks.progress import ProgressBar
 from ae_lightning.callbacks.run_config import SaveRunConfig
@@ -9,6 +10,7 @@ from ae_lightning.callbacks.test_pictures import TestPictures
 
 __all__ = [
     "FeatureQuality",
+    "NonFiniteLossCheck",
     "PredictionWriter",
     "ProgressBar",
     "SampleGridCheckpoint",

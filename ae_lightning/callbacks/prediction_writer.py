@@ -14,6 +14,7 @@ from torch import Tensor
 from ae_lightning.callbacks.gather import gather_shares
 from ae_lightning.callbacks.run_config import run_folder
 from ae_lightning.errors import ConfigError
+from ae_lightning.files import atomic_write
 
 Format = Literal["pt", "csv", "npz"]
 FORMATS: tuple[str, ...] = ("pt", "csv", "npz")
@@ -42,7 +43,7 @@ def write_csv(predictions: dict[str, Tensor], path: Path) -> None:
     latent = predictions["latent"].float().flatten(1)
     header = scalars + [f"latent_{unit}" for unit in range(latent.shape[1])]
     columns = [predictions[key].tolist() for key in scalars]
-    with path.open("w", newline="") as file:
+    with atomic_write(path, "w") as file:
         writer = csv.writer(file)
         writer.writerow(header)
         for row, codes in enumerate(latent.tolist()):
@@ -97,7 +98,8 @@ class PredictionWriter(BasePredictionWriter):
         merged = order_by_index(parts)
         folder.mkdir(parents=True, exist_ok=True)
         self.written = [folder / f"{self.filename}.pt"]
-        torch.save(merged, self.written[0])
+        with atomic_write(self.written[0]) as file:
+            torch.save(merged, file)
         for form in self.formats:
             path = folder / f"{self.filename}.{form}"
             if form == "csv":
@@ -105,7 +107,8 @@ class PredictionWriter(BasePredictionWriter):
             else:
                 import numpy as np
 
-                np.savez(path, **{key: value.numpy() for key, value in merged.items()})
+                with atomic_write(path) as file:
+                    np.savez(file, **{key: value.numpy() for key, value in merged.items()})
             self.written.append(path)
         files = ", ".join(map(str, self.written))
         rank_zero_info(f"Predictions of {len(merged['index'])} samples written to {files}")

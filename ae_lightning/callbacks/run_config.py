@@ -9,6 +9,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ae_lightning.errors import ConfigError
+from ae_lightning.files import atomic_write
 
 
 def run_folder(trainer: "pl.Trainer") -> str:
@@ -51,11 +52,14 @@ class SaveRunConfig(SaveConfigCallback):
                 "Start a new run (another version, or no fixed W&B id), or move that folder away"
             )
         if trainer.is_global_zero:
-            fs.makedirs(folder, exist_ok=True)
-            self.parser.save(
-                self.config, path, skip_none=False, overwrite=overwrite, multifile=self.multifile
-            )
-            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            dumped = self.parser.dump(self.config, skip_none=False)
+            if self.multifile:
+                fs.makedirs(folder, exist_ok=True)
+                self.parser.save(self.config, path, skip_none=False, overwrite=overwrite, multifile=True)
+            else:
+                with atomic_write(path, "w") as file:
+                    file.write(dumped)
+            config = yaml.safe_load(dumped)
             for logger in trainer.loggers:
                 if callable(getattr(logger, "log_config", None)):
                     logger.log_config(config, path)

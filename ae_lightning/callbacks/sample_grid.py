@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from torchvision.utils import make_grid, save_image
 
 from ae_lightning.errors import ConfigError
+from ae_lightning.files import atomic_write
 from ae_lightning.models.base import images_of
 from ae_lightning.value_range import to_unit_interval
 
@@ -83,6 +84,17 @@ class SampleGridCheckpoint(ModelCheckpoint):
         self._fixed_images: Tensor | None = None
         self._fixed_labels: Tensor | None = None  # their labels, when the dataset has them
         self._last_grid: tuple[int, str] | None = None  # (global step, path) of the grid written last
+        self._fitting = True
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._fitting = stage == "fit"
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # validate, test and predict save no checkpoints: the top-k list of the run that made the
+        # checkpoint is not theirs to keep (Lightning would warn that their folder differs from its)
+        if self._fitting:
+            super().load_state_dict(state_dict)
 
     def on_exception(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException
@@ -123,10 +135,12 @@ class SampleGridCheckpoint(ModelCheckpoint):
         step = trainer.global_step
         if self._last_grid is not None and self._last_grid[0] == step and self._fs.exists(self._last_grid[1]):
             # same weights as the grid just written (e.g. `last.ckpt` beside a top-k checkpoint): copy it
-            self._fs.copy(self._last_grid[1], path)
+            with self._fs.open(self._last_grid[1], "rb") as source, atomic_write(path) as file:
+                file.write(source.read())
         else:
             grid = self.render(trainer, pl_module)
-            with self._fs.open(path, "wb") as file:
+            # written whole or not at all: a kill mid-write leaves the previous grid, not half a PNG
+            with atomic_write(path) as file:
                 save_image(grid, file, format="png")
             self._log_grid(trainer, grid)
         self._last_grid = (step, path)

@@ -16,6 +16,7 @@ from ae_lightning.callbacks.gather import gather_shares
 from ae_lightning.callbacks.run_config import run_folder
 from ae_lightning.callbacks.sample_grid import log_image
 from ae_lightning.errors import ConfigError
+from ae_lightning.files import atomic_write
 from ae_lightning.models.base import anomaly_targets_of, images_of
 from ae_lightning.value_range import to_unit_interval
 
@@ -159,7 +160,8 @@ class TestPictures(Callback):
         self.written = []
         for name, picture in pictures.items():
             path = folder / f"{name}.png"
-            save_image(picture, path)
+            with atomic_write(path) as file:
+                save_image(picture, file, format="png")
             log_image(trainer, f"test/{name}", picture)
             self.written.append(path)
         if self.written:
