@@ -15,7 +15,7 @@ import torch
 
 from ae_lightning.cli import main
 from ae_lightning.data import MNISTDataModule
-from ae_lightning.data.samplers import EpochShuffleSampler
+from ae_lightning.data.samplers import TrainingOrder
 from tests.conftest import CONFIGS, NUM_TRAIN, REPO, VAL_SIZE, read_png, run_folder, tiny
 
 AE, DDP, BF16 = (str(CONFIGS / name) for name in ("ae.yaml", "trainer/ddp.yaml", "trainer/bf16.yaml"))
@@ -73,7 +73,7 @@ def free_port() -> int:
 
 
 def test_training_order_depends_only_on_seed_and_epoch() -> None:
-    first, second = EpochShuffleSampler(range(50), seed=7), EpochShuffleSampler(range(50), seed=7)
+    first, second = TrainingOrder(range(50), seed=7), TrainingOrder(range(50), seed=7)
     torch.manual_seed(0)
     epoch0 = list(first)
     torch.manual_seed(1)  # the global stream plays no part
@@ -81,6 +81,47 @@ def test_training_order_depends_only_on_seed_and_epoch() -> None:
     assert sorted(epoch0) == list(range(50))
     first.set_epoch(1)
     assert list(first) != epoch0
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_a_resumed_loader_hands_out_the_rest_of_its_epoch_and_then_whole_epochs(
+    data_dir: Path, resident: bool
+) -> None:
+    """The state of a training loader after 2 of 5 batches, loaded into a fresh one: the fresh one hands out
+    batches 3 to 5 of that epoch, then the next epoch whole; a state from another epoch skips nothing."""
+
+    def loader():
+        datamodule = MNISTDataModule(data_dir=data_dir, val_size=VAL_SIZE, batch_size=16, resident=resident)
+        datamodule.setup("fit")
+        return datamodule.train_dataloader()
+
+    def labels(batches) -> list[list[int]]:
+        return [y.tolist() for _, y in batches]
+
+    unbroken = loader()
+    unbroken.sampler.set_epoch(3)
+    epoch3 = labels(unbroken)
+    unbroken.sampler.set_epoch(4)
+    epoch4 = labels(unbroken)
+    stopped = loader()
+    stopped.sampler.set_epoch(3)
+    it = iter(stopped)
+    first_two = labels([next(it), next(it)])
+    state = stopped.state_dict()
+    assert state == {"epoch": 3, "items": 2} and first_two == epoch3[:2]
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(3)  # as Lightning does before the epoch's first batch
+    assert labels(resumed) == epoch3[2:]
+    assert resumed.state_dict() == {"epoch": 3, "items": 5}
+    resumed.sampler.set_epoch(4)
+    assert labels(resumed) == epoch4
+
+    ended = loader()
+    ended.load_state_dict({"epoch": 3, "items": 5})  # saved at the end of epoch 3: epoch 4 comes next
+    ended.sampler.set_epoch(4)
+    assert labels(ended) == epoch4
 
 
 class FakeTrainer:
@@ -245,26 +286,36 @@ def test_two_nodes_started_with_torchrun_train_together(data_dir: Path, tmp_path
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_leaves_a_checkpoint_that_resumes(data_dir: Path, tmp_path: Path) -> None:
-    """`kill` (SIGTERM) at step 2 of 5: the run stops with last.ckpt and its grid; `fit --ckpt_path last`
-    goes on in the same folder to the end of epoch 2."""
-    stopped = cli(
-        ["fit", "--config", AE, *tiny(data_dir), "--trainer.max_epochs=2",
-         callback_flag("SendSignal", step=2, signals=["SIGTERM"])],
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert "sends itself ['SIGTERM']" in stopped.stdout, stopped.stderr[-3000:]
-    last = run_folder(tmp_path, "ae") / "checkpoints" / "last.ckpt"
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1"])
+def test_a_signal_mid_epoch_stops_with_status_143_and_the_resumed_run_equals_an_unbroken_one(
+    signal_name: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """`kill` (SIGTERM, or SIGUSR1 outside SLURM) at step 2 of 5: the run saves last.ckpt and its grid and
+    exits with status 143 (so `fit && test` stops); `fit --ckpt_path last` goes on in the same folder from
+    the third batch of epoch 0 and ends with the weights of a run that never stopped (the same batches, VAE
+    noise and binarisation draws)."""
+    flags = ["--config", str(CONFIGS / "vae.yaml"), *tiny(data_dir), "--trainer.max_epochs=2",
+             "--data.value_range=[0, 1]", "--data.binarize=true", "--trainer.deterministic=true"]  # fmt: skip
+    (tmp_path / "unbroken").mkdir()
+    unbroken = cli(["fit", *flags], cwd=tmp_path / "unbroken")
+    assert unbroken.returncode == 0, unbroken.stderr[-3000:]
+
+    stopped = cli(["fit", *flags, callback_flag("SendSignal", step=2, signals=[signal_name])], cwd=tmp_path)
+    assert f"sends itself ['{signal_name}']" in stopped.stdout, stopped.stderr[-3000:]
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    last = run_folder(tmp_path, "vae") / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 2 and last.with_suffix(".png").is_file()
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "items": 2}]
 
-    resume = ["fit", "--config", AE, *tiny(data_dir), "--trainer.max_epochs=2", "--ckpt_path=last"]
-    resumed = cli(resume, tmp_path)
+    resumed = cli(["fit", *flags, "--ckpt_path=last"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Restoring states from the checkpoint path at {last.resolve()}" in resumed.stdout + resumed.stderr
+    assert f"Restoring states from the checkpoint path at {last}" in resumed.stdout + resumed.stderr
+    assert "not resumable" not in resumed.stderr  # Lightning's warning for loaders that cannot resume
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 10
-    assert [p.name for p in (tmp_path / "runs" / "ae").iterdir()] == ["version_0"]
-    assert any(p.name.startswith("epoch=1-step=10-") and p.suffix == ".png" for p in last.parent.iterdir())
+    assert [p.name for p in (tmp_path / "runs" / "vae").iterdir()] == ["version_0"]
+    assert_same_weights(last, tmp_path / "unbroken" / "runs/vae/version_0/checkpoints/last.ckpt", atol=0)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from torchvision.datasets.utils import check_integrity
 
 from ae_lightning.data.datasets import ImageTensorDataset, binarize_once
 from ae_lightning.data.idx import check_split
-from ae_lightning.data.samplers import EpochShuffleSampler, ResidentBatches, shuffle_seed
+from ae_lightning.data.samplers import ResidentBatches, ResumableLoader, TrainingOrder, shuffle_seed
 from ae_lightning.errors import ConfigError, DataError
 from ae_lightning.value_range import check_value_range
 
@@ -217,12 +217,14 @@ class MNISTDataModule(LightningDataModule):
         # each new iterator draws a worker seed from this generator instead of the global stream, which
         # Lightning creates at other points of a resumed run than of an unbroken one
         generator = torch.Generator().manual_seed(self.hparams.split_seed)
+        # training: a loader that checkpoints keep the place of, so a run resumes mid-epoch exactly
+        loader_class = ResumableLoader if split == "train" and not predict else DataLoader
         if self.resident and not predict:
             # the sampler yields whole batches of indices; the dataset answers each with a batch
-            return DataLoader(
+            return loader_class(
                 self.datasets[split], batch_size=None, sampler=self._batches(split), generator=generator
             )
-        return DataLoader(
+        return loader_class(
             self.datasets[split],
             batch_size=self.batch_size,
             sampler=None if predict else self._sampler(split),
@@ -249,13 +251,15 @@ class MNISTDataModule(LightningDataModule):
         )
 
     def _sampler(self, split: Split) -> Sampler[int] | None:
-        """Training: a shuffle seeded by (seed, epoch), so resuming gives the same order (Lightning swaps in
-        a DistributedSampler under DDP). Validation and test under DDP: each rank takes a disjoint share and
-        no image is repeated to even the shares out, so the logged means are over the whole set exactly."""
+        """Training: this rank's share of a shuffle seeded by (seed, epoch), so resuming gives the same order.
+        Validation and test under DDP: each rank takes a disjoint share and no image is repeated to even the
+        shares out, so the logged means are over the whole set exactly."""
         dataset = self.datasets[split]
-        if split == "train":
-            return EpochShuffleSampler(dataset, seed=shuffle_seed(self.hparams.split_seed))
         trainer = self.trainer
+        if split == "train":
+            world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            seed = shuffle_seed(self.hparams.split_seed)
+            return TrainingOrder(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         if trainer is not None and trainer.world_size > 1 and split in ("val", "test"):
             return UnrepeatedDistributedSampler(
                 dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False

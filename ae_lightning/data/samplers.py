@@ -1,51 +1,82 @@
-"""A training order that depends only on a seed and the epoch, so a resumed run reads what an unbroken one
-would."""
+"""A training order that depends only on a seed and the epoch, and a loader that knows its place in it, so a
+run resumed at an epoch's start or in its middle reads what an unbroken one would."""
 
 import os
 from collections.abc import Iterator, Sized
+from typing import Any
 
 import torch
-from torch.utils.data import DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 def shuffle_seed(default: int) -> int:
-    """The seed of the training order: `seed_everything`'s (`PL_GLOBAL_SEED`, which Lightning's own
-    DistributedSampler uses under DDP too) when it was called, else `default`."""
+    """The seed of the training order: `seed_everything`'s (`PL_GLOBAL_SEED`) when it was called, else
+    `default`."""
     return int(os.environ.get("PL_GLOBAL_SEED", default))
 
 
-class EpochShuffleSampler(RandomSampler):
-    """A shuffled pass over the data whose permutation is a function of (seed, epoch) only.
+class TrainingOrder(DistributedSampler):
+    """This rank's share of one pass over a dataset, whose order is a function of (seed, epoch) only.
 
     torch's RandomSampler draws each epoch's order from the global random state, which a checkpoint does
-    not hold, so a run resumed at epoch k would read other batches than the run that never stopped.
-    Lightning calls `set_epoch` at every epoch start (as for a DistributedSampler). Under DDP Lightning
-    replaces this sampler by a DistributedSampler (it is a RandomSampler, so shuffling is kept), which is
-    seeded the same way.
+    not hold, so a run resumed at epoch k would read other batches than the run that never stopped. Here
+    the permutation comes from a generator seeded with seed + epoch (Lightning calls `set_epoch` at every
+    epoch start). Under DDP rank r takes positions r, r + world, ... of it; with `even_shares` (training)
+    the permutation is padded from its start, as DistributedSampler does, so every rank takes the same
+    number of steps; without it (validation, test) no item is repeated and shares may differ by one. A
+    DistributedSampler, so Lightning leaves it in place under DDP. `resume_at(n)` makes the next pass skip
+    its first n items (a run resumed mid-epoch).
     """
 
-    def __init__(self, data_source: Sized, seed: int) -> None:
-        super().__init__(data_source)
-        self.seed = seed
-        self.epoch = 0
+    def __init__(
+        self,
+        dataset: Sized,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        even_shares: bool = True,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.even_shares = even_shares
+        self._start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def share(self) -> torch.Tensor:
+        """This rank's indices for the current epoch, (n,) int64."""
+        size = len(self.dataset)
+        if self.shuffle:
+            order = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(size)
+        if self.even_shares and self.total_size > size:
+            order = order.repeat(-(-self.total_size // size))[: self.total_size]
+        return order[self.rank :: self.num_replicas]
+
+    def resume_at(self, items: int) -> None:
+        """The next pass starts at item `items` of the epoch (once)."""
+        self._start = items
+
+    def _remaining_share(self) -> torch.Tensor:
+        start, self._start = self._start, 0
+        return self.share()[start:]
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+        yield from self._remaining_share().tolist()
+
+    def __len__(self) -> int:
+        return (
+            self.num_samples
+            if self.even_shares
+            else len(range(self.rank, len(self.dataset), self.num_replicas))
+        )
 
 
-class ResidentBatches(DistributedSampler):
+class ResidentBatches(TrainingOrder):
     """Whole batches of indices, as tensors, for a dataset that indexes by tensor (resident data).
 
-    The order is that of the DataLoader path: the permutation of (seed, epoch) when shuffling, and under DDP
-    rank r takes positions r, r + world, ... of it. With `even_shares` (training) the permutation is padded
-    from its start, as DistributedSampler does, so every rank takes the same number of steps; without it
-    (validation, test) no image is repeated and shares may differ by one. With `steps_per_call` K > 1 each
-    item is a list of K batches (fewer at the end of an epoch), which the model trains on in one call.
-    A DistributedSampler, so Lightning leaves it in place under DDP.
+    The order and DDP shares are those of the DataLoader path (`TrainingOrder`). With `steps_per_call`
+    K > 1 each item is a list of K batches (fewer at the end of an epoch), which the model trains on in one
+    call. `resume_at` counts items (batches, or lists of K batches).
     """
 
     def __init__(
@@ -59,34 +90,62 @@ class ResidentBatches(DistributedSampler):
         even_shares: bool = True,
         steps_per_call: int = 1,
     ) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        super().__init__(dataset, num_replicas, rank, shuffle=shuffle, seed=seed, even_shares=even_shares)
         self.batch_size = batch_size
-        self.even_shares = even_shares
         self.steps_per_call = steps_per_call
 
-    def share(self) -> torch.Tensor:
-        """This rank's indices for the current epoch, (n,) int64."""
-        size = len(self.dataset)
-        if self.shuffle:
-            order = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = torch.arange(size)
-        if self.even_shares and self.total_size > size:
-            order = order.repeat(-(-self.total_size // size))[: self.total_size]
-        return order[self.rank :: self.num_replicas]
-
-    def _batches(self) -> int:
-        size = len(self.dataset)
-        share = self.num_samples if self.even_shares else len(range(self.rank, size, self.num_replicas))
-        return -(-share // self.batch_size)
-
     def __iter__(self) -> Iterator[torch.Tensor | list[torch.Tensor]]:
+        start, self._start = self._start, 0
         batches = self.share().split(self.batch_size)
         if self.steps_per_call == 1:
-            yield from batches
+            yield from batches[start:]
         else:
-            for start in range(0, len(batches), self.steps_per_call):
-                yield list(batches[start : start + self.steps_per_call])
+            calls = range(0, len(batches), self.steps_per_call)
+            for first in calls[start:]:
+                yield list(batches[first : first + self.steps_per_call])
 
     def __len__(self) -> int:
-        return -(-self._batches() // self.steps_per_call)
+        batches = -(-super().__len__() // self.batch_size)
+        return -(-batches // self.steps_per_call)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a `TrainingOrder` that can be saved in the middle of an epoch and resumed there.
+
+    Lightning saves the `state_dict` of a stateful training loader in every checkpoint and gives it back to
+    `load_state_dict` when a run resumes. The state is the epoch and how many items (batches) of it were
+    handed out; a resumed pass of that same epoch skips them, in the sampler, without loading them. A state
+    from an epoch that has ended (its next epoch is another) skips nothing.
+    """
+
+    sampler: TrainingOrder
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, TrainingOrder):
+            raise TypeError(
+                f"ResumableLoader needs a TrainingOrder sampler, got {type(self.sampler).__name__}"
+            )
+        self._handed_out = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, items) of a loaded state
+
+    def __iter__(self) -> Iterator[Any]:
+        # a generator: the pass (and its workers' prefetching) starts at the first batch, after Lightning
+        # has set the sampler's epoch
+        position = 0
+        if self._resume is not None:
+            (epoch, position), self._resume = self._resume, None
+            if epoch != self.sampler.epoch:
+                position = 0
+        # the sampler counts indices when the loader batches them, else whole items
+        self.sampler.resume_at(position * (self.batch_size or 1))
+        self._handed_out = position
+        for item in super().__iter__():
+            self._handed_out += 1
+            yield item
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "items": self._handed_out}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume = (int(state_dict["epoch"]), int(state_dict["items"]))

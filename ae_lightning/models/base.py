@@ -329,6 +329,12 @@ class AutoencoderBase(LightningModule):
             warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller")
 
     def on_train_start(self) -> None:
+        # the streams of a resumed run are restored when training starts, not at loading: between the two,
+        # Lightning's sanity-check validation would draw from them what an unbroken run never drew. (Not at
+        # the first epoch's start: a run resumed mid-epoch goes on without starting that epoch again.)
+        if self._resumed_rng_states is not None:
+            set_rng_states(self._resumed_rng_states)
+            self._resumed_rng_states = None
         trainer = self.trainer
         steps = trainer.num_training_batches * self.steps_per_call
         if not self.automatic_optimization and trainer.loggers and steps < trainer.log_every_n_steps:
@@ -390,13 +396,6 @@ class AutoencoderBase(LightningModule):
         # when the run is resumed, as they would had it not stopped
         checkpoint[RNG_STATES_KEY] = rng_states()
         checkpoint[ANOMALY_THRESHOLD_KEY] = self.anomaly_threshold
-
-    def on_train_epoch_start(self) -> None:
-        # restored at the start of the first epoch after loading, not at loading: between the two,
-        # Lightning's sanity-check validation would draw from the streams an unbroken run never touched
-        if self._resumed_rng_states is not None:
-            set_rng_states(self._resumed_rng_states)
-            self._resumed_rng_states = None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuses weights trained for other data: the same layers would load, but the output activation or
