@@ -1,6 +1,5 @@
 """The command line: LightningCLI, with the model picked by `class_path` and fitted to the data."""
 
-import errno
 import logging
 import os
 import signal
@@ -16,6 +15,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
@@ -23,8 +23,8 @@ import ae_lightning.data
 import ae_lightning.models
 from ae_lightning.callbacks import NonFiniteLossCheck, PredictionWriter, ProgressBar, SaveRunConfig
 from ae_lightning.checkpoints import SafeCheckpointIO, check_checkpoint
-from ae_lightning.errors import AELightningError, CheckpointError, ConfigError, TrainingError, WriteError
-from ae_lightning.files import write_error
+from ae_lightning.errors import AELightningError, CheckpointError, ConfigError, TrainingError
+from ae_lightning.files import WRITE_ERRNOS, write_error
 from ae_lightning.models import AutoencoderBase
 from ae_lightning.parser import ArgumentParser
 from ae_lightning.run_folders import NewRunFolder, newest_last_checkpoint, run_root
@@ -32,8 +32,6 @@ from ae_lightning.run_folders import NewRunFolder, newest_last_checkpoint, run_r
 #: exit status of a training run stopped by SIGTERM (or SIGUSR1 outside SLURM's requeue) after it saved
 #: `last.ckpt`: 128 + SIGTERM, what a shell reports for a process that signal ended
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
-#: what an OSError of a write means: the disk or folder, not the program (said in one line)
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 @dataclass
@@ -222,7 +220,10 @@ def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
     except BaseException as err:
         if state.new_run_folder is not None and (state.trainer is None or state.trainer.global_step == 0):
             state.new_run_folder.remove()
-        user_error = _user_error(err) or quiet.write_error
+        folder = _run_folder(state)
+        user_error = _user_error(err, folder)
+        if user_error is None and quiet.thread_error is not None:
+            user_error = write_error(quiet.thread_error, quiet.thread_error.filename, folder)
         if user_error is None:
             raise
         if isinstance(user_error, TrainingError) and rank_zero_only.rank != 0:
@@ -248,7 +249,7 @@ class _Quiet:
     to the same file). Everything is as before when the command ends."""
 
     def __init__(self) -> None:
-        self.write_error: WriteError | None = None
+        self.thread_error: OSError | None = None
         self._previous_hook = threading.excepthook
         self._logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
         self._warnings = warnings.catch_warnings()
@@ -258,8 +259,8 @@ class _Quiet:
 
     def _thread_hook(self, hook_args: Any) -> None:
         err = hook_args.exc_value
-        if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
-            self.write_error = self.write_error or write_error(err, err.filename)
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+            self.thread_error = self.thread_error or err
             return
         self._previous_hook(hook_args)
 
@@ -293,7 +294,15 @@ def _finish_runs(trainer: Trainer) -> None:
             logger.finish()
 
 
-def _user_error(err: BaseException | None) -> AELightningError | None:
+def _run_folder(state: CommandState) -> Any:
+    """The folder of the command's run, for messages (None before there is one)."""
+    if state.new_run_folder is not None and state.new_run_folder.folder is not None:
+        return state.new_run_folder.folder
+    logger = state.trainer.logger if state.trainer is not None else None
+    return logger.log_dir if isinstance(logger, (TensorBoardLogger, CSVLogger)) else None
+
+
+def _user_error(err: BaseException | None, folder: Any = None) -> AELightningError | None:
     """The AELightningError that `err` is or was caused by or raised while handling (jsonargparse re-raises
     errors from instantiating a class as the cause of its own; Lightning's clean-up after an error can fail
     in turn), or the one-line WriteError of an OSError of a full disk or an unwritable folder."""
@@ -307,6 +316,6 @@ def _user_error(err: BaseException | None) -> AELightningError | None:
         if isinstance(link, AELightningError):
             return link
     for link in chain:
-        if isinstance(link, OSError) and link.errno in _WRITE_ERRNOS:
-            return write_error(link, link.filename)
+        if isinstance(link, OSError) and link.errno in WRITE_ERRNOS:
+            return write_error(link, link.filename, folder)
     return None

@@ -10,25 +10,30 @@ from typing import IO
 
 from ae_lightning.errors import WriteError
 
-#: what an OSError of a write means for the user, by errno
+#: what an OSError of a write means for the user, by errno, and what to do about it
+_FULL = "make room there or write the run elsewhere (--trainer.logger.init_args.save_dir)"
+_LOCKED = "write the run elsewhere (--trainer.logger.init_args.save_dir) or make the folder writable"
 _REASONS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is used up",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
+    errno.ENOSPC: ("the disk is full", _FULL),
+    errno.EDQUOT: ("the disk quota is used up", _FULL),
+    errno.EROFS: ("the file system is read-only", _LOCKED),
+    errno.EACCES: ("permission denied", _LOCKED),
+    errno.EPERM: ("permission denied", _LOCKED),
 }
+#: the errnos of writes that fail for the disk or folder, not the program
+WRITE_ERRNOS = frozenset(_REASONS)
 
 
-def write_error(err: OSError, path: str | Path | None) -> WriteError:
-    """The one-line error for a failed write of `path` (None: unknown): what went wrong, where, and what to
-    do."""
-    reason = _REASONS.get(err.errno or 0) or " ".join(str(err.strerror or err).split())
-    what = "the run's files" if path is None else f"{Path(path).name} into {Path(path).parent}"
-    return WriteError(
-        f"cannot write {what}: {reason} (no partial file was left). Make room there, or write the run "
-        "elsewhere (--trainer.logger.init_args.save_dir)"
-    )
+def write_error(err: OSError, path: str | Path | None, folder: str | Path | None = None) -> WriteError:
+    """The one-line error for a failed write of the file `path` (or, when it is unknown, of a file in
+    `folder`): what went wrong, where, and what to do. Checkpoints and pictures are written atomically, so
+    none is left partial."""
+    reason, remedy = _REASONS.get(err.errno or 0, (" ".join(str(err.strerror or err).split()), _FULL))
+    if path is not None:
+        where = f"{Path(path).name} into {Path(path).parent}"
+    else:
+        where = f"into {folder}" if folder is not None else "the run's files"
+    return WriteError(f"cannot write {where}: {reason}; {remedy} (no checkpoint or picture is left partial)")
 
 
 @contextmanager

@@ -2,6 +2,11 @@
 broken weights, and a full disk or a read-only run folder is one line with no partial file left."""
 
 import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +14,8 @@ import torch
 
 from ae_lightning.checkpoints import read_checkpoint
 from ae_lightning.cli import main
-from tests.conftest import CONFIGS, run_folder, tiny
+from ae_lightning.files import atomic_write
+from tests.conftest import CONFIGS, REPO, run_folder, tiny
 from tests.test_scaling import DDP, cli
 
 AE = str(CONFIGS / "ae.yaml")
@@ -73,3 +79,107 @@ def test_a_nan_loss_stops_every_ddp_rank(data_dir: Path, tmp_path: Path) -> None
     assert errors and all("became NaN or infinite by step 2 (epoch 0)" in line for line in errors), errors
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def in_small_disk(tmp_path: Path, command: str, size: str = "10m", read_only: bool = False) -> str:
+    """Runs the shell `command` where `tmp_path/disk` is a tmpfs of `size` (read-only if asked): a real full
+    disk or read-only folder, in a mount namespace of its own (`unshare`), so nothing is mounted for the
+    rest of the machine. Returns what it printed."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
+        pytest.skip("needs `unshare -rm` (util-linux, user namespaces) for a tmpfs of its own")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    remount = f"&& mount -o remount,ro {disk} " if read_only else ""
+    script = f"mount -t tmpfs -o size={size} tmpfs {disk} {remount}&& {command}"
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    return result.stdout + result.stderr
+
+
+#: lists every file under the disk, and whether each checkpoint reads whole
+LIST_FILES = """
+import json, sys
+from pathlib import Path
+from ae_lightning.checkpoints import read_checkpoint
+files = sorted(str(p.relative_to(sys.argv[1])) for p in Path(sys.argv[1]).rglob("*") if p.is_file())
+for name in files:
+    if name.endswith(".ckpt"):
+        read_checkpoint(Path(sys.argv[1]) / name)
+print("FILES " + json.dumps(files))
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+    """A disk with room for the first checkpoint but not for the second: the run stops with one line naming
+    the file and folder; every checkpoint left there reads whole, and no temporary file is left."""
+    (tmp_path / "list.py").write_text(LIST_FILES)
+    fit = shlex.join(
+        [sys.executable, str(REPO / "cli.py"), "fit", "--config", AE, *tiny(data_dir),
+         "--trainer.max_epochs=2", "--model.hidden_dims=[32]",
+         f"--trainer.logger.init_args.save_dir={tmp_path / 'disk'}"]
+    )  # fmt: skip
+    listing = shlex.join([sys.executable, str(tmp_path / "list.py"), str(tmp_path / "disk")])
+    # room for config, log, the best checkpoint of epoch 0 (650 KB) and its grid, not for last.ckpt
+    output = in_small_disk(tmp_path, f"{fit}; echo RC=$?; {listing}", size="700k")
+    assert "RC=1" in output and "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot write "), output[-3000:]
+    assert "the disk is full; make room there or write the run elsewhere" in errors[0]
+    files = json.loads(next(line for line in output.splitlines() if line.startswith("FILES "))[6:])
+    assert "ae/version_0/config.yaml" in files
+    assert not [name for name in files if name.endswith(".tmp")]  # no temporary file left behind
+    assert [name for name in files if name.endswith(".ckpt")] == [
+        name
+        for name in files
+        if name.endswith(".ckpt") and name.startswith("ae/version_0/checkpoints/epoch=0")
+    ]
+
+
+@pytest.mark.slow
+def test_a_read_only_run_folder_is_one_line_before_anything_runs(data_dir: Path, tmp_path: Path) -> None:
+    fit = shlex.join(
+        [sys.executable, str(REPO / "cli.py"), "fit", "--config", AE, *tiny(data_dir),
+         f"--trainer.logger.init_args.save_dir={tmp_path / 'disk'}"]
+    )  # fmt: skip
+    output = in_small_disk(tmp_path, f"{fit}; echo RC=$?", read_only=True)
+    assert "RC=1" in output and "Traceback" not in output, output[-3000:]
+    assert [line for line in output.splitlines() if line.startswith("error: ")] == [
+        f"error: cannot write ae into {tmp_path / 'disk'}: the file system is read-only; write the run "
+        "elsewhere (--trainer.logger.init_args.save_dir) or make the folder writable (no checkpoint or "
+        "picture is left partial)"
+    ]
+
+
+def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path: Path) -> None:
+    path = tmp_path / "grid.png"
+    path.write_bytes(b"old picture")
+    with pytest.raises(KeyboardInterrupt), atomic_write(path) as file:  # a kill arriving mid-write
+        file.write(b"half of a new pic")
+        raise KeyboardInterrupt
+    assert path.read_bytes() == b"old picture" and os.listdir(tmp_path) == ["grid.png"]
+    with atomic_write(path) as file:
+        file.write(b"new picture")
+    assert path.read_bytes() == b"new picture" and os.listdir(tmp_path) == ["grid.png"]
+
+
+@pytest.mark.slow
+def test_fits_started_at_once_take_a_run_folder_each(data_dir: Path, tmp_path: Path) -> None:
+    """Three `fit`s of the same config started together: each takes its own version_<n> (a folder is taken
+    with one mkdir), none fails."""
+    args = ["fit", "--config", AE, *tiny(data_dir)]
+    procs = [
+        subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        for _ in range(3)
+    ]  # fmt: skip
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    runs = sorted(p.name for p in (tmp_path / "runs" / "ae").iterdir())
+    assert runs == ["version_0", "version_1", "version_2"]
+    for run in runs:
+        folder = tmp_path / "runs" / "ae" / run
+        assert (folder / "config.yaml").is_file() and (folder / "checkpoints" / "last.ckpt").is_file()
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1  # one run's log each
