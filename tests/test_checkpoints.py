@@ -204,7 +204,7 @@ def test_checkpoints_are_written_whole_or_not_at_all(tmp_path: Path, monkeypatch
     with pytest.raises(WriteError) as error:
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
     assert str(error.value) == (
-        f"cannot write last.ckpt into {tmp_path}: the disk is full (no partial file was left). Make room "
-        "there, or write the run elsewhere (--trainer.logger.init_args.save_dir)"
+        f"cannot write last.ckpt into {tmp_path}: the disk is full; make room there or write the run "
+        "elsewhere (--trainer.logger.init_args.save_dir) (no checkpoint or picture is left partial)"
     )
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.ckpt"]
