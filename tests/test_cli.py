@@ -431,3 +431,12 @@ def test_missing_data_is_one_clear_error_from_the_real_command(tmp_path: Path) -
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: MNIST files are missing from " + str(tmp_path / "data" / "MNIST" / "raw"))
     assert "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz" in error
+
+
+def test_the_offline_recipe_trains_from_the_four_archives(data_dir: Path, in_tmp: Path) -> None:
+    """README, Data: the four .gz files in <data_dir>/MNIST/raw/ and --data.download false."""
+    from tests.test_data import archives_only
+
+    root = archives_only(data_dir, in_tmp / "data")
+    fitted = main(["fit", "--config", str(CONFIGS / "ae.yaml"), *tiny(root), "--data.download=false"])
+    assert fitted.trainer.global_step == 5

@@ -1,6 +1,7 @@
 """MNISTDataModule: splits, value ranges, binarisation, and clear errors for missing or damaged files."""
 
 import gzip
+import hashlib
 import shutil
 from pathlib import Path
 from urllib.error import URLError
@@ -107,16 +108,79 @@ def test_failed_download_says_why_and_where_the_files_go(tmp_path: Path, monkeyp
     assert all(f"{name}.gz" in message for name in FILES)
 
 
-def test_a_corrupt_gz_is_named(tmp_path: Path, monkeypatch) -> None:
+def archives_only(data_dir: Path, tmp_path: Path, level: int = 9) -> Path:
+    """A data folder holding only the four `.gz` archives of the tiny dataset (as distributed)."""
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    (raw / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"not the real file"))
-    monkeypatch.setattr(
-        "torchvision.datasets.utils.urllib.request.urlopen",
-        lambda *a, **k: (_ for _ in ()).throw(URLError("x")),
-    )
-    with pytest.raises(DataError, match=r"corrupt \(checksum mismatch\).*train-images-idx3-ubyte\.gz"):
-        MNISTDataModule(data_dir=tmp_path).prepare_data()
+    for name in FILES:
+        data = (data_dir / "MNIST" / "raw" / name).read_bytes()
+        (raw / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel=level, mtime=0))
+    return tmp_path
+
+
+def test_the_archives_alone_with_download_off_are_extracted_and_read(
+    data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The offline recipe: the four .gz files, --data.download false. Archives whose bytes are not
+    torchvision's (these are compressed here) but that hold valid IDX data are used, with one notice."""
+    root = archives_only(data_dir, tmp_path)
+    with caplog.at_level("INFO"):
+        datamodule = ready(root, download=False)
+    for name in FILES:
+        assert (root / "MNIST" / "raw" / name).read_bytes() == (
+            data_dir / "MNIST" / "raw" / name
+        ).read_bytes()
+    assert torch.equal(datamodule.datasets["test"].labels, ready(data_dir).datasets["test"].labels)
+    notices = [record.getMessage() for record in caplog.records if "not byte for byte" in record.getMessage()]
+    assert notices == [
+        f"{', '.join(f'{name}.gz' for name in FILES)} in {root / 'MNIST' / 'raw'}: not byte for byte "
+        "torchvision's archives (compressed again by a mirror or a distribution?), but they hold IDX data of "
+        "the right shape: using them"
+    ]
+
+
+def test_archives_with_torchvisions_bytes_are_extracted_without_a_notice(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = archives_only(data_dir, tmp_path)
+    raw = root / "MNIST" / "raw"
+    # the checksums torchvision would know for these very archives
+    resources = [(f"{name}.gz", hashlib.md5((raw / f"{name}.gz").read_bytes()).hexdigest()) for name in FILES]
+    monkeypatch.setattr(MNISTDataModule(data_dir=root).dataset_class, "resources", resources)
+    with caplog.at_level("INFO"):
+        ready(root, download=False)
+    assert not [record for record in caplog.records if "not byte for byte" in record.getMessage()]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (lambda data: gzip.compress(data)[:-100], "is not a readable gzip archive"),  # cut
+        (lambda data: b"PK" + data[:100], "is not a readable gzip archive"),  # not gzip at all
+        (lambda data: gzip.compress(b"not the real file"), "is not an IDX file of 3-d unsigned bytes"),
+        (lambda data: gzip.compress(data[:5000]), r"is truncated: its header announces 96x28x28"),
+    ],
+    ids=["cut", "not-gzip", "not-idx", "truncated-content"],
+)
+def test_a_damaged_archive_is_named_with_what_to_do(
+    content, message: str, data_dir: Path, tmp_path: Path
+) -> None:
+    root = archives_only(data_dir, tmp_path)
+    archive = root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    archive.write_bytes(content((data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte").read_bytes()))
+    with pytest.raises(DataError, match=message) as error:
+        ready(root, download=False)
+    assert str(archive) in str(error.value)
+    assert "replace train-images-idx3-ubyte.gz with the original archive" in str(error.value)
+    assert not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()  # nothing half-extracted
+
+
+def test_missing_files_are_named_but_not_those_that_are_there(data_dir: Path, tmp_path: Path) -> None:
+    root = archives_only(data_dir, tmp_path)
+    (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError) as error:
+        ready(root, download=False)
+    assert "Put t10k-labels-idx1-ubyte.gz in that folder" in str(error.value)
 
 
 @pytest.mark.parametrize(

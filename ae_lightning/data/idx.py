@@ -15,16 +15,22 @@ def check_idx_file(path: Path, ndim: int) -> tuple[int, ...]:
     Raises DataError naming the file, what is wrong and what to do when the header is not that of an IDX
     file of `ndim` dimensions, or the file is shorter or longer than its header says.
     """
-    remedy = f"delete {path.name} (and {path.name}.gz if it is corrupt too) and prepare the data again"
-    size = path.stat().st_size
     with path.open("rb") as file:
         header = file.read(4 + 4 * ndim)
+    remedy = f"delete {path.name} (and {path.name}.gz if it is corrupt too) and prepare the data again"
+    return idx_dims(header, path.stat().st_size, ndim, str(path), remedy)
+
+
+def idx_dims(header: bytes, size: int, ndim: int, name: str, remedy: str) -> tuple[int, ...]:
+    """The dimensions announced by the `header` (the first bytes) of IDX data of `size` bytes in all,
+    checked as `check_idx_file` does; `name` and `remedy` go into the error."""
+    header = header[: 4 + 4 * ndim]
     if len(header) < 4 + 4 * ndim:
-        raise DataError(f"{path} is truncated: {size} bytes, too short for an IDX header; {remedy}")
+        raise DataError(f"{name} is truncated: {size} bytes, too short for an IDX header; {remedy}")
     zeros, dtype, file_ndim = header[:2], header[2], header[3]
     if zeros != b"\0\0" or dtype != _UNSIGNED_BYTE or file_ndim != ndim:
         raise DataError(
-            f"{path} is not an IDX file of {ndim}-d unsigned bytes (its header starts {header[:4].hex()}, "
+            f"{name} is not an IDX file of {ndim}-d unsigned bytes (its header starts {header[:4].hex()}, "
             f"expected 000008{ndim:02x}): the file is corrupt or not MNIST data; {remedy}"
         )
     dims = struct.unpack(f">{ndim}I", header[4:])
@@ -33,7 +39,7 @@ def check_idx_file(path: Path, ndim: int) -> tuple[int, ...]:
         shape = "x".join(map(str, dims))
         problem = "truncated" if size < expected else "longer than its header says"
         raise DataError(
-            f"{path} is {problem}: its header announces {shape} values ({expected} bytes), "
+            f"{name} is {problem}: its header announces {shape} values ({expected} bytes), "
             f"the file holds {size} bytes; {remedy}"
         )
     return dims

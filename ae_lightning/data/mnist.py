@@ -8,10 +8,10 @@ import torch
 import torchvision.datasets
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
-from torchvision.datasets.utils import check_integrity
 
+from ae_lightning.data.archives import extract_archives
 from ae_lightning.data.datasets import ImageTensorDataset, binarize_once
 from ae_lightning.data.idx import check_split
 from ae_lightning.data.samplers import ResidentBatches, ResumableLoader, TrainingOrder, shuffle_seed
@@ -117,8 +117,19 @@ class MNISTDataModule(LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Downloads (or extracts already downloaded `.gz` files) when the extracted files are missing."""
+        """Extracts the `.gz` files in `raw_folder` whose extracted files are missing (checked by their
+        content: a recompressed archive of valid IDX data is used, with a notice), then downloads what is
+        still missing (unless `download` is off)."""
         needed = [*self._extracted_files("train"), *self._extracted_files("t10k")]
+        if all(path.is_file() for path in needed):
+            return
+        recompressed = extract_archives(self.raw_folder, self.dataset_class.resources)
+        if recompressed:
+            rank_zero_info(
+                f"{', '.join(recompressed)} in {self.raw_folder}: not byte for byte torchvision's archives "
+                "(compressed again by a mirror or a distribution?), but they hold IDX data of the right "
+                "shape: using them"
+            )
         if all(path.is_file() for path in needed):
             return
         if not self.hparams.download:
@@ -132,22 +143,17 @@ class MNISTDataModule(LightningDataModule):
 
     def _missing_files_message(self, reason: str) -> str:
         """What is missing, why it was not fetched, and where the files belong."""
-        names = [name for name, _ in self.dataset_class.resources]
-        corrupt = [
+        missing = [
             name
-            for name, md5 in self.dataset_class.resources
-            if (self.raw_folder / name).is_file() and not check_integrity(str(self.raw_folder / name), md5)
+            for name, _ in self.dataset_class.resources
+            if not (self.raw_folder / name).is_file()
+            and not (self.raw_folder / name.removesuffix(".gz")).is_file()
         ]
-        message = (
+        return (
             f"{self.hparams.dataset} files are missing from {self.raw_folder.resolve()} and {reason}. "
-            f"Put the four files {', '.join(names)} in that folder (or point --data.data_dir at the folder "
-            f"that holds {self.dataset_class.__name__}/raw/), then run again."
+            f"Put {', '.join(missing)} in that folder (or point --data.data_dir at the folder that holds "
+            f"{self.dataset_class.__name__}/raw/), then run again."
         )
-        if corrupt:
-            message += (
-                f" These are there but corrupt (checksum mismatch), replace them: {', '.join(corrupt)}."
-            )
-        return message
 
     def setup(self, stage: str) -> None:
         """Loads the images as uint8 tensors and makes the seeded train/val split (every rank does this)."""
