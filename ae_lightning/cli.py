@@ -16,7 +16,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 import ae_lightning.data
@@ -156,7 +156,10 @@ class AutoencoderCLI(LightningCLI):
         read and written through `SafeCheckpointIO` (unless the config sets a checkpoint plugin)."""
         # a copy: Lightning appends its defaults to the config's list
         configured = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as err:  # e.g. an accelerator this machine lacks
+            raise ConfigError(f"--trainer: {' '.join(str(err).split())}") from None
         default_bar = trainer.progress_bar_callback
         if type(default_bar) is TQDMProgressBar and not any(default_bar is c for c in configured):
             trainer.callbacks[trainer.callbacks.index(default_bar)] = ProgressBar()
@@ -315,6 +318,9 @@ def _user_error(err: BaseException | None, folder: Any = None) -> AELightningErr
     for link in chain:
         if isinstance(link, AELightningError):
             return link
+    for link in chain:  # Lightning's own word for an argument that cannot work
+        if isinstance(link, MisconfigurationException):
+            return ConfigError(" ".join(str(link).split()))
     for link in chain:
         if isinstance(link, OSError) and link.errno in WRITE_ERRNOS:
             return write_error(link, link.filename, folder)

@@ -98,3 +98,18 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def run_folder(root: Path, name: str, version: int = 0) -> Path:
     return root / "runs" / name / f"version_{version}"
+
+
+#: what a run writes where it is started; tests run commands in a temporary folder, never in the checkout
+_RUN_OUTPUTS = ("runs", "lightning_logs", "data", "wandb", "predictions.pt", "predictions.csv")
+
+
+@pytest.fixture(autouse=True)
+def _writes_nothing_into_the_checkout():
+    """Fails a test that leaves run outputs in the repository (`make test` must leave `git status` clean)."""
+    before = {name for name in _RUN_OUTPUTS if (REPO / name).exists()}
+    yield
+    left = sorted({name for name in _RUN_OUTPUTS if (REPO / name).exists()} - before)
+    assert not left, (
+        f"the test wrote {left} into the checkout {REPO}: run it in tmp_path (the in_tmp fixture)"
+    )

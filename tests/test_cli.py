@@ -205,6 +205,17 @@ def test_conditional_vae_predicts_with_the_labels(data_dir: Path, in_tmp: Path) 
         ("ae", "--model.latent_dim=784", "AE needs latent_dim < the input size 784"),
         ("vae", "--model.likelihood=bernoulli", r"bernoulli.*data is in \[-1.0, 1.0\]"),
         ("vae", "--data.batch_size=0", "batch_size must be at least 1"),
+        (
+            "ae",
+            "--trainer.limit_train_batches=-1",
+            "--trainer: You have passed invalid value -1.0 for limit_train",
+        ),
+        pytest.param(
+            "ae",
+            "--trainer.accelerator=gpu",
+            "--trainer: No supported gpu backend found!",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
     ],
 )
 def test_bad_values_exit_with_one_clear_line_before_anything_runs(

@@ -214,7 +214,9 @@ def test_ckpt_path_last_without_a_run_to_test_is_one_clear_error(data_dir: Path,
 
 
 @pytest.mark.slow
-def test_ddp_on_two_processes_equals_one_process_with_the_whole_batch(data_dir: Path, tmp_path: Path) -> None:
+def test_ddp_on_two_processes_equals_one_process_with_the_whole_batch(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One SGD step of 2 processes x 36 images gives the weights of 1 process x 72 (the same images: the
     training split is exactly one global batch); checkpoints and grid are written once, the grid shows the
     same fixed images, and the logged val/loss is the mean over the whole validation set."""
@@ -248,6 +250,7 @@ def test_ddp_on_two_processes_equals_one_process_with_the_whole_batch(data_dir: 
         assert torch.equal(ddp_grid[:, row * 30 : row * 30 + 32], one_grid[:, row * 30 : row * 30 + 32])
 
     # val/loss logged under DDP == one process validating the same weights on the whole validation set
+    monkeypatch.chdir(tmp_path)  # validate's run folder goes there, not into the checkout
     validated = main(["validate", "--config", AE, *tiny(data_dir), "--ckpt_path", str(ddp_last)])
     whole_set = validated.trainer.callback_metrics["val/loss"].item()
     assert monitored_score(ddp_last) == pytest.approx(whole_set, rel=1e-5)
