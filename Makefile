@@ -5,6 +5,9 @@ VENV ?= $(or $(VIRTUAL_ENV),.venv)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ae_lightning-installed
 CONFIG ?= configs/vae.yaml
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu: torch and torchvision from that index first, e.g. the
+# CPU-only build on a machine without a GPU (PyPI's torch for Linux is the CUDA build, 5.7 GB with the rest)
+TORCH_INDEX ?=
 
 .PHONY: install fit test lint format clean
 
@@ -12,6 +15,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install torch torchvision --index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(STAMP)
 
