@@ -1,11 +1,9 @@
 """The command line: LightningCLI, with the model picked by `class_path` and fitted to the data."""
 
-import logging
 import os
 import signal
 import sys
 import threading
-import warnings
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -23,8 +21,9 @@ import ae_lightning.data
 import ae_lightning.models
 from ae_lightning.callbacks import NonFiniteLossCheck, PredictionWriter, ProgressBar, SaveRunConfig
 from ae_lightning.checkpoints import SafeCheckpointIO, check_checkpoint
-from ae_lightning.errors import AELightningError, CheckpointError, ConfigError, TrainingError
-from ae_lightning.files import WRITE_ERRNOS, write_error
+from ae_lightning.errors import CheckpointError, ConfigError, TrainingError
+from ae_lightning.failures import Quiet, user_error
+from ae_lightning.files import write_error
 from ae_lightning.models import AutoencoderBase
 from ae_lightning.parser import ArgumentParser
 from ae_lightning.run_folders import NewRunFolder, newest_last_checkpoint, run_root
@@ -201,7 +200,7 @@ def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
     model and datamodule.
     """
     state = CommandState()
-    quiet = _Quiet()
+    quiet = Quiet()
     try:
         with quiet:
             cli = AutoencoderCLI(
@@ -223,15 +222,17 @@ def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
     except BaseException as err:
         if state.new_run_folder is not None and (state.trainer is None or state.trainer.global_step == 0):
             state.new_run_folder.remove()
-        folder = _run_folder(state)
-        user_error = _user_error(err, folder)
-        if user_error is None and quiet.thread_error is not None:
-            user_error = write_error(quiet.thread_error, quiet.thread_error.filename, folder)
-        if user_error is None:
+        if isinstance(err, SystemExit):  # --help, or a parse error already told (parser.ArgumentParser)
             raise
-        if isinstance(user_error, TrainingError) and rank_zero_only.rank != 0:
+        folder = _run_folder(state)
+        error = user_error(err, folder)
+        if error is None and quiet.thread_error is not None:
+            error = write_error(quiet.thread_error, quiet.thread_error.filename, folder)
+        if error is None:
+            raise
+        if isinstance(error, TrainingError) and rank_zero_only.rank != 0:
             sys.exit(1)  # every rank stops together: rank zero says why
-        sys.exit(f"error: {user_error}")
+        sys.exit(f"error: {error}")
     finally:
         if state.previous_sigusr1 is not None:
             signal.signal(signal.SIGUSR1, state.previous_sigusr1)
@@ -243,41 +244,6 @@ def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
 def _stop_as_on_sigterm(signum: int, frame: FrameType | None) -> None:
     """SIGUSR1 handler: the run stops as on SIGTERM (Lightning's handler saves last.ckpt and stops)."""
     signal.raise_signal(signal.SIGTERM)
-
-
-class _Quiet:
-    """While a command runs: no Lightning tip about its cloud logger, no warning about a torch API that
-    Lightning 2.6 calls, and an OSError of a background writer thread (TensorBoard's, on a full disk) is
-    kept for the one-line error instead of printed as a traceback (the main thread fails at its next write
-    to the same file). Everything is as before when the command ends."""
-
-    def __init__(self) -> None:
-        self.thread_error: OSError | None = None
-        self._previous_hook = threading.excepthook
-        self._logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-        self._warnings = warnings.catch_warnings()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip: For seamless cloud logging")
-
-    def _thread_hook(self, hook_args: Any) -> None:
-        err = hook_args.exc_value
-        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
-            self.thread_error = self.thread_error or err
-            return
-        self._previous_hook(hook_args)
-
-    def __enter__(self) -> "_Quiet":
-        self._logger.addFilter(self)
-        threading.excepthook = self._thread_hook
-        self._warnings.__enter__()
-        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._warnings.__exit__(*exc_info)
-        self._logger.removeFilter(self)
-        threading.excepthook = self._previous_hook
 
 
 def _classes(module: Any, base: type) -> list[str]:
@@ -303,25 +269,3 @@ def _run_folder(state: CommandState) -> Any:
         return state.new_run_folder.folder
     logger = state.trainer.logger if state.trainer is not None else None
     return logger.log_dir if isinstance(logger, (TensorBoardLogger, CSVLogger)) else None
-
-
-def _user_error(err: BaseException | None, folder: Any = None) -> AELightningError | None:
-    """The AELightningError that `err` is or was caused by or raised while handling (jsonargparse re-raises
-    errors from instantiating a class as the cause of its own; Lightning's clean-up after an error can fail
-    in turn), or the one-line WriteError of an OSError of a full disk or an unwritable folder."""
-    seen = set()
-    chain = []
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    for link in chain:
-        if isinstance(link, AELightningError):
-            return link
-    for link in chain:  # Lightning's own word for an argument that cannot work
-        if isinstance(link, MisconfigurationException):
-            return ConfigError(" ".join(str(link).split()))
-    for link in chain:
-        if isinstance(link, OSError) and link.errno in WRITE_ERRNOS:
-            return write_error(link, link.filename, folder)
-    return None
