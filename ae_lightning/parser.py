@@ -63,71 +63,83 @@ class ArgumentParser(LightningArgumentParser):
 
 
 def _explain(message: str, parser: ArgumentParser) -> list[str]:
+    """The error and tip lines for jsonargparse's `message`: an unknown option, an unknown class or a bad
+    value, each with the names closest to what was given; else the report's own words, on one line."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     keys = [key for line in lines for key in re.findall(r'Parser key "([^"]+)"', line)]
     key = ".".join(dict.fromkeys(keys))  # nested keys: "model", then "optimizer" -> "model.optimizer"
-    class_paths = re.findall(r"class_path[ =]'([^']+)'", message)
     prog = parser.prog.replace(" [options]", "")
     prog = f"python {prog}" if prog.split(" ", 1)[0].endswith(".py") else prog
     tip = f"tip: `{prog} --help` lists every option"
-
-    unknown = re.search(r"Option '([^']+)' is not accepted", message) or re.search(
-        r"No action for key \"([^\"]+)\"", message
+    explained = (
+        _unknown_option(message, key, parser, prog)
+        or _unknown_class(message, key, parser)
+        or _bad_value(message, key)
     )
-    if unknown and class_paths:
-        option, cls = unknown[1], class_paths[-1]
-        arguments = _arguments_of(cls)
-        where = f"--{key}.{option}" if key else f"--{option}"
-        help_tip = f"tip: `{prog} --{key}.help {cls}` lists its arguments" if key in parser.classes else tip
-        return [f"error: {where}: {cls} takes no argument {option!r}{_closest(option, arguments)}", help_tip]
-    group = re.search(r"(Group|Subcommand) '([^']+)' does not accept option '([^']+)'", message)
-    if unknown or group:
-        if group:
-            option = f"--{group[2]}.{group[3]}" if group[1] == "Group" else f"--{group[3]}"
-        else:
-            option = f"--{unknown[1]}"
-        return [f"error: unknown option {option}{_closest_option(option, parser)}", tip]
-    unrecognized = re.search(r"Unrecognized arguments: (\S+)", message, re.IGNORECASE)
-    if unrecognized:
-        option = unrecognized[1].split("=", 1)[0]
-        return [f"error: unknown option {option}{_closest_option(option, parser)}", tip]
-
-    no_class = (
-        re.search(r"module '([\w.]+)' has no attribute '(\w+)'", message)
-        or re.search(r"No module named '([\w.]+)'", message)
-        or re.search(r"Expected a dot import path string: (\S+)", message)
-    )
-    if no_class:
-        if no_class.re.pattern.startswith("module"):
-            given = f"{no_class[1]}.{no_class[2]}"
-        elif no_class.re.pattern.startswith("Expected"):
-            given = no_class[1]
-        else:
-            given = class_paths[-1] if class_paths else no_class[1]
-        choices = parser.classes.get(key) or _classes_in(given.rpartition(".")[0])
-        hint = _closest(given, choices, by_name=True)
-        if not hint and no_class.re.pattern.startswith("No module"):
-            hint = f" (there is no module {no_class[1]})"
-        listed = (
-            f"tip: --{key} takes one of {', '.join(choices)}"
-            if choices and len(choices) <= 12
-            else "tip: give the full import path of the class (package.module.Class)"
-        )
-        return [f"error: --{key}: no class {given}{hint}", listed]
-
-    expected = re.findall(r"Expected an? (.+?)(?:\. Got value: .*)?$", message, re.MULTILINE)
-    given = re.search(r"(?:Given value|Got value): (.*)$", message, re.MULTILINE)
-    if key and expected and given:
-        kinds = [_readable(kind) for kind in expected if "NoneType" not in kind]
-        literals = [kind for kind in kinds if kind.startswith("'") or kind[:1].isdigit()]
-        others = [kind for kind in kinds if kind not in literals]
-        what = (
-            ", ".join([*others, *([f"one of {', '.join(literals)}"] if literals else [])]) or "another value"
-        )
-        return [f"error: --{key}: {given[1].strip()} is not valid here, expected {what}", tip]
-
+    if explained is not None:
+        return [f"error: {explained[0]}", f"tip: {explained[1]}" if explained[1] else tip]
     detail = " ".join(re.sub(r'Parser key "[^"]+": ?', "", line) for line in lines if not _FRAME.match(line))
     return [f"error: {(f'--{key}: ' if key else '') + (detail.strip() or message)}"[:400], tip]
+
+
+def _unknown_option(message: str, key: str, parser: ArgumentParser, prog: str) -> tuple[str, str] | None:
+    """(error, tip) for an option no class or group takes; None if that is not the problem."""
+    class_paths = re.findall(r"class_path[ =]'([^']+)'", message)
+    unknown = re.search(r"Option '([^']+)' is not accepted|No action for key \"([^\"]+)\"", message)
+    option = unknown and (unknown[1] or unknown[2])
+    if option and class_paths:  # an argument of the class picked for `key`
+        cls = class_paths[-1]
+        where = f"--{key}.{option}" if key else f"--{option}"
+        hint = _closest(option, _arguments_of(cls))
+        help_tip = f"`{prog} --{key}.help {cls}` lists its arguments" if key in parser.classes else ""
+        return f"{where}: {cls} takes no argument {option!r}{hint}", help_tip
+    group = re.search(r"(Group|Subcommand) '([^']+)' does not accept option '([^']+)'", message)
+    unrecognized = re.search(r"Unrecognized arguments: (\S+)", message, re.IGNORECASE)
+    if group:
+        option = f"--{group[2]}.{group[3]}" if group[1] == "Group" else f"--{group[3]}"
+    elif unrecognized:
+        option = unrecognized[1].split("=", 1)[0]
+    elif option:
+        option = f"--{option}"
+    else:
+        return None
+    return f"unknown option {option}{_closest_option(option, parser)}", ""
+
+
+def _unknown_class(message: str, key: str, parser: ArgumentParser) -> tuple[str, str] | None:
+    """(error, tip) for a class path that names no class; None if that is not the problem."""
+    missing_attribute = re.search(r"module '([\w.]+)' has no attribute '(\w+)'", message)
+    missing_module = re.search(r"No module named '([\w.]+)'", message)
+    not_a_path = re.search(r"Expected a dot import path string: (\S+)", message)
+    class_paths = re.findall(r"class_path[ =]'([^']+)'", message)
+    if missing_attribute:
+        given = f"{missing_attribute[1]}.{missing_attribute[2]}"
+    elif not_a_path:
+        given = not_a_path[1]
+    elif missing_module:
+        given = class_paths[-1] if class_paths else missing_module[1]
+    else:
+        return None
+    choices = parser.classes.get(key) or _classes_in(given.rpartition(".")[0])
+    hint = _closest(given, choices, by_name=True)
+    if not hint and missing_module:
+        hint = f" (there is no module {missing_module[1]})"
+    if choices and len(choices) <= 12:
+        return f"--{key}: no class {given}{hint}", f"--{key} takes one of {', '.join(choices)}"
+    return f"--{key}: no class {given}{hint}", "give the full import path of the class (package.module.Class)"
+
+
+def _bad_value(message: str, key: str) -> tuple[str, str] | None:
+    """(error, tip) for a value of the wrong type or not among the allowed; None if that is not it."""
+    expected = re.findall(r"Expected an? (.+?)(?:\. Got value: .*)?$", message, re.MULTILINE)
+    given = re.search(r"(?:Given value|Got value): (.*)$", message, re.MULTILINE)
+    if not (key and expected and given):
+        return None
+    kinds = [_readable(kind) for kind in expected if "NoneType" not in kind]
+    literals = [kind for kind in kinds if kind.startswith("'") or kind[:1].isdigit()]
+    others = [kind for kind in kinds if kind not in literals]
+    what = " or ".join([*others, *([f"one of {', '.join(literals)}"] if literals else [])]) or "another value"
+    return f"--{key}: {given[1].strip()} is not valid here, expected {what}", ""
 
 
 def _closest(word: str, choices: Iterable[str], by_name: bool = False) -> str:

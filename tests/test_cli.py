@@ -416,6 +416,7 @@ def test_a_checkpoint_trained_on_another_value_range_is_refused(
         "trained on data with value_range [0.0, 1.0], but this run's data has [-1.0, 1.0]" in error.value.code
     )
     assert "--data.value_range" in error.value.code
+    assert not (in_tmp / "runs").exists()  # the run folder it had made is gone
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -451,3 +452,21 @@ def test_the_offline_recipe_trains_from_the_four_archives(data_dir: Path, in_tmp
     root = archives_only(data_dir, in_tmp / "data")
     fitted = main(["fit", "--config", str(CONFIGS / "ae.yaml"), *tiny(root), "--data.download=false"])
     assert fitted.trainer.global_step == 5
+
+
+@pytest.mark.slow
+def test_the_real_commands_print_no_tips_and_no_dirpath_warnings(data_dir: Path, tmp_path: Path) -> None:
+    """fit, then test / validate / predict from its checkpoint, as a user runs them (warnings shown): no
+    advert for Lightning's cloud logger, no warning that the evaluation's folder differs from the fit's."""
+    config = ["--config", str(CONFIGS / "ae.yaml"), *tiny(data_dir)]
+    outputs = []
+    for subcommand in ("fit", "test", "validate", "predict"):
+        extra = [] if subcommand == "fit" else ["--ckpt_path", "last"]
+        result = subprocess.run(
+            [sys.executable, str(REPO / "cli.py"), subcommand, *config, *extra],
+            cwd=tmp_path, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(result.stdout + result.stderr)
+    for output in outputs:
+        assert "litlogger" not in output and "dirpath has changed" not in output, output[-3000:]

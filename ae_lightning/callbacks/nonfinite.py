@@ -44,14 +44,13 @@ class NonFiniteLossCheck(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, Tensor):
             return
-        step = torch.tensor(trainer.global_step, device=loss.device)
         if self._first_bad_step is None:
             self._first_bad_step = torch.full((), _NONE, dtype=torch.int64, device=loss.device)
-        # step is the count after this call's optimizer steps: the first bad one is at most that
+        # global_step counts this call's optimizer steps: the first bad one is at most that. (A Python
+        # number as clamp's bound: no copy to the device, which would make the host wait for it.)
         bad = ~torch.isfinite(loss.detach()).all()
-        self._first_bad_step = torch.where(
-            bad, torch.minimum(self._first_bad_step, step), self._first_bad_step
-        )
+        record = self._first_bad_step
+        self._first_bad_step = torch.where(bad, record.clamp(max=trainer.global_step), record)
         every = trainer.log_every_n_steps or 1
         if trainer.global_step // every > self._checked_step // every:
             self._check(trainer, pl_module)
