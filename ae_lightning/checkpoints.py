@@ -36,27 +36,13 @@ def read_checkpoint(
 
     Raises CheckpointError, in one line naming the file, when it is missing, not the zip archive
     `torch.save` writes, damaged (a CRC of the archive does not match: truncated or flipped bytes), holds
-    objects other than tensors and plain containers (which could run code when unpickled: the file is never
-    unpickled with `weights_only=False`), or is not a Lightning checkpoint.
+    objects other than tensors and plain containers (which could run code when unpickled: it is only ever
+    unpickled as data, `weights_only=True`), or is not a Lightning checkpoint.
     """
     name = name or f"checkpoint {source}"
-    if isinstance(source, str) and "://" in source:  # a remote file (s3://, gs://, ...): read it whole
-        with get_filesystem(source).open(source, "rb") as remote:
-            source = io.BytesIO(remote.read())
-    elif isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(
-                f"{name}: no such file"
-                + (" (it is a folder)" if path.is_dir() else "")
-                + ". A run's checkpoints are in runs/<name>/version_<n>/checkpoints/."
-            )
-        # one read: the archive's checks and the unpickling both use these bytes
-        source = io.BytesIO(path.read_bytes())
-    _check_archive(source, name)
-    source.seek(0)
+    buffer = checkpoint_bytes(source, name)
     try:
-        checkpoint = torch.load(source, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(buffer, map_location=map_location, weights_only=True)
     except Exception as err:  # UnpicklingError for code, RuntimeError and others for broken content
         message = " ".join(str(err).split())
         blocked = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", message)
@@ -73,6 +59,28 @@ def read_checkpoint(
             f"{name} is a PyTorch file but not a Lightning checkpoint (it has no 'state_dict' entry)"
         )
     return checkpoint
+
+
+def checkpoint_bytes(source: str | Path | IO[bytes], name: str | None = None) -> IO[bytes]:
+    """The whole of `source` (a path, a remote URL or an open file), read once, at its start, after
+    checking that it is a zip archive whose every member matches its CRC (see `read_checkpoint`)."""
+    name = name or f"checkpoint {source}"
+    if isinstance(source, str) and "://" in source:  # a remote file (s3://, gs://, ...): read it whole
+        with get_filesystem(source).open(source, "rb") as remote:
+            source = io.BytesIO(remote.read())
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(
+                f"{name}: no such file"
+                + (" (it is a folder)" if path.is_dir() else "")
+                + ". A run's checkpoints are in runs/<name>/version_<n>/checkpoints/."
+            )
+        # one read: the archive's checks and the unpickling both use these bytes
+        source = io.BytesIO(path.read_bytes())
+    _check_archive(source, name)
+    source.seek(0)
+    return source
 
 
 def _check_archive(file: IO[bytes], name: str) -> None:
@@ -109,7 +117,18 @@ def check_checkpoint(ckpt_path: str | Path, given: str | None = None) -> dict[st
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint reading and writing, made safe: reads go through `read_checkpoint` (whole,
     data only, `weights_only` is always true), writes go to a temporary file in the same folder that is
-    renamed once complete, so a full disk or a kill mid-write leaves no truncated checkpoint."""
+    renamed once complete, so a full disk or a kill mid-write leaves no truncated checkpoint.
+
+    `checked`: a (path, checkpoint) the CLI has read and checked already; the first load of that path, if
+    the file is unchanged since, returns it instead of reading the file a second time.
+    """
+
+    def __init__(self, checked: tuple[Path, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self._checked = None
+        if checked is not None:
+            path, checkpoint = checked
+            self._checked = (_identity(path), checkpoint)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
@@ -127,5 +146,19 @@ class SafeCheckpointIO(TorchCheckpointIO):
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
         if weights_only is False:
-            raise CheckpointError("weights_only=False: ae_lightning reads checkpoints as data only")
+            raise CheckpointError(
+                "checkpoints are read as data only here (weights_only cannot be turned off)"
+            )
+        if self._checked is not None and "://" not in str(path) and self._checked[0] == _identity(path):
+            checkpoint, self._checked = self._checked[1], None
+            return checkpoint
         return read_checkpoint(path, map_location=map_location)
+
+
+def _identity(path: Any) -> tuple[Any, ...] | None:
+    """What tells a file apart from another, or from itself changed: (real path, size, mtime)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return (Path(path).resolve(), stat.st_size, stat.st_mtime_ns)

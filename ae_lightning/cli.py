@@ -4,7 +4,8 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -40,7 +41,7 @@ class CommandState:
 
     new_run_folder: NewRunFolder | None = None
     trainer: Trainer | None = None
-    previous_sigusr1: Any = field(default=None)
+    previous_sigusr1: Any = None
 
 
 class AutoencoderCLI(LightningCLI):
@@ -54,6 +55,7 @@ class AutoencoderCLI(LightningCLI):
     def __init__(self, *args: Any, state: CommandState | None = None, **kwargs: Any) -> None:
         self.state = state or CommandState()
         self._parsers: list[ArgumentParser] = []
+        self._checked: tuple[Path, dict[str, Any]] | None = None  # the --ckpt_path file, read and checked
         super().__init__(*args, **kwargs)
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -95,6 +97,8 @@ class AutoencoderCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         # before LightningCLI reads the checkpoint's hyperparameters and before any run folder is made
         checkpoint = check_checkpoint(ckpt_path) if ckpt_path else None
+        if checkpoint is not None:
+            self._checked = (Path(ckpt_path), checkpoint)
         if subcommand == "fit" and (ckpt_path or int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0):
             # a resumed (or SLURM-requeued) run writes into its own folder again: its config.yaml is
             # rewritten, with the ckpt_path it resumed from
@@ -102,6 +106,9 @@ class AutoencoderCLI(LightningCLI):
             if ckpt_path == "last":
                 newest = self._continue_last_run()
                 checkpoint = check_checkpoint(newest, given="last") if newest is not None else None
+                if checkpoint is not None:
+                    # Lightning finds this same last.ckpt itself: it reads it from the check
+                    self._checked = (newest, checkpoint)
             if checkpoint is not None:
                 self._check_max_epochs(checkpoint, ckpt_path)
         elif subcommand and ckpt_path == "last":
@@ -115,11 +122,11 @@ class AutoencoderCLI(LightningCLI):
                         f"--ckpt_path last: no {root}/version_<n>/checkpoints/last.ckpt to {subcommand}: "
                         "train first (fit), or give the path of a checkpoint"
                     )
-                check_checkpoint(newest, given="last")
+                self._checked = (newest, check_checkpoint(newest, given="last"))
                 self.config[subcommand].ckpt_path = str(newest)
                 rank_zero_info(f"--ckpt_path last: {newest}")
 
-    def _continue_last_run(self) -> Any:
+    def _continue_last_run(self) -> Path | None:
         """`fit --ckpt_path last` continues the newest run: the logger is pointed at the version folder whose
         `checkpoints/last.ckpt` is newest (Lightning looks for `last` only in this run's own folder, which
         would otherwise be a fresh `version_<n+1>`), and that checkpoint is returned. With no such run it
@@ -163,7 +170,7 @@ class AutoencoderCLI(LightningCLI):
         if type(default_bar) is TQDMProgressBar and not any(default_bar is c for c in configured):
             trainer.callbacks[trainer.callbacks.index(default_bar)] = ProgressBar()
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-            trainer.strategy.checkpoint_io = SafeCheckpointIO()
+            trainer.strategy.checkpoint_io = SafeCheckpointIO(checked=self._checked)
         self.state.trainer = trainer
         return trainer
 

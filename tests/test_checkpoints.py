@@ -208,3 +208,16 @@ def test_checkpoints_are_written_whole_or_not_at_all(tmp_path: Path, monkeypatch
         "elsewhere (--trainer.logger.init_args.save_dir) (no checkpoint or picture is left partial)"
     )
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_a_checkpoint_the_cli_checked_is_not_read_again_unless_it_changed(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, path)
+    checked = read_checkpoint(path)
+    io = SafeCheckpointIO(checked=(path, checked))
+    assert io.load_checkpoint(path) is checked  # handed over once, without a second read
+    assert io.load_checkpoint(path) is not checked  # later loads read the file
+
+    io = SafeCheckpointIO(checked=(path, checked))
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, path)  # changed after the check
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.zeros(3))

@@ -16,7 +16,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from typing_extensions import Self
 
 from ae_lightning.anomaly import DEFAULT_ANOMALY_QUANTILE, OneClassMetrics, ScoreQuantile
-from ae_lightning.checkpoints import read_checkpoint
+from ae_lightning.checkpoints import checkpoint_bytes, read_checkpoint
 from ae_lightning.errors import CheckpointError, ConfigError
 from ae_lightning.models.rng import RNG_STATES_KEY, rng_states, set_rng_states
 from ae_lightning.nets import DEFAULT_HIDDEN_DIMS, Backbone, build_decoder, build_encoder
@@ -422,11 +422,11 @@ class AutoencoderBase(LightningModule):
     ) -> Self:
         """Lightning's `load_from_checkpoint`, reading the file as `checkpoints.read_checkpoint` does: whole
         (its checksums verified) and as data only; a missing, damaged or foreign file is a CheckpointError."""
-        read_checkpoint(checkpoint_path, map_location="cpu")
-        if not isinstance(checkpoint_path, (str, Path)):
-            checkpoint_path.seek(0)
+        buffer = checkpoint_bytes(checkpoint_path)  # the file is read once
+        read_checkpoint(buffer, map_location="cpu", name=f"checkpoint {checkpoint_path}")
+        buffer.seek(0)
         return super().load_from_checkpoint(
-            checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs
+            buffer, map_location, hparams_file, strict, weights_only=True, **kwargs
         )
 
     def configure_optimizers(self):
