@@ -20,12 +20,19 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 import ae_lightning.data
 import ae_lightning.models
-from ae_lightning.callbacks import NonFiniteLossCheck, PredictionWriter, ProgressBar, SaveRunConfig
+from ae_lightning.callbacks import (
+    NonFiniteLossCheck,
+    PredictionWriter,
+    PreemptionCheckpoint,
+    ProgressBar,
+    SaveRunConfig,
+)
 from ae_lightning.checkpoints import SafeCheckpointIO, check_checkpoint
 from ae_lightning.errors import CheckpointError, ConfigError, TrainingError
 from ae_lightning.failures import Quiet, user_error
 from ae_lightning.files import write_error
-from ae_lightning.models import AutoencoderBase
+from ae_lightning.models import AutoencoderModule
+from ae_lightning.multistep import link_steps_per_call
 from ae_lightning.parser import ArgumentParser
 from ae_lightning.run_folders import NewRunFolder, newest_last_checkpoint, run_root
 
@@ -64,7 +71,7 @@ class AutoencoderCLI(LightningCLI):
         parser = super().init_parser(**kwargs)
         if isinstance(parser, ArgumentParser):
             parser.classes = {
-                "model": _classes(ae_lightning.models, AutoencoderBase),
+                "model": _classes(ae_lightning.models, AutoencoderModule),
                 "data": _classes(ae_lightning.data, LightningDataModule),
             }
             for other in self._parsers:
@@ -81,7 +88,7 @@ class AutoencoderCLI(LightningCLI):
                 f"data.{name}", f"model.init_args.{name}", compute_fn=list, apply_on="instantiate"
             )
         # K optimizer steps per call need K batches per training item: the model's setting sizes them
-        parser.link_arguments("model.init_args.steps_per_call", "data.init_args.steps_per_call")
+        link_steps_per_call(parser)
         # in every run: a loss that becomes NaN stops it (--nonfinite_loss.stop false trains on)
         parser.add_lightning_class_args(NonFiniteLossCheck, "nonfinite_loss")
 
@@ -158,7 +165,8 @@ class AutoencoderCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with `callbacks.ProgressBar` (no wait for the device every step) in place of the
-        progress bar Lightning adds by default (a progress bar from the config is kept), and checkpoints
+        progress bar Lightning adds by default (a progress bar from the config is kept),
+        `callbacks.PreemptionCheckpoint` (SIGTERM saves `last.ckpt`), and checkpoints
         read and written through `SafeCheckpointIO` (unless the config sets a checkpoint plugin)."""
         # a copy: Lightning appends its defaults to the config's list
         configured = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
@@ -169,6 +177,8 @@ class AutoencoderCLI(LightningCLI):
         default_bar = trainer.progress_bar_callback
         if type(default_bar) is TQDMProgressBar and not any(default_bar is c for c in configured):
             trainer.callbacks[trainer.callbacks.index(default_bar)] = ProgressBar()
+        # SIGTERM saves last.ckpt (resume with --ckpt_path last)
+        trainer.callbacks.append(PreemptionCheckpoint())
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = SafeCheckpointIO(checked=self._checked)
         self.state.trainer = trainer
@@ -211,7 +221,7 @@ def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
     try:
         with quiet:
             cli = AutoencoderCLI(
-                AutoencoderBase,
+                AutoencoderModule,
                 LightningDataModule,
                 subclass_mode_model=True,
                 subclass_mode_data=True,

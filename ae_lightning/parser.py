@@ -8,6 +8,7 @@ import inspect
 import os
 import re
 import sys
+import typing
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
@@ -164,11 +165,16 @@ def _closest_option(option: str, parser: ArgumentParser) -> str:
 
 
 def _arguments_of(class_path: str) -> list[str]:
-    """The keyword arguments of the class at `class_path`, those its `**kwargs` pass to its bases included
-    (empty when it cannot be imported)."""
+    """The keyword arguments of the class at `class_path` (empty when it cannot be imported)."""
     cls = import_class(class_path)
+    return _init_arguments(cls) if isinstance(cls, type) else []
+
+
+def _init_arguments(cls: type) -> list[str]:
+    """The keyword arguments of `cls`, those its `**kwargs` pass to its bases included, and for a module that
+    builds a torch model from the rest (`build_autoencoder`, by its return type) that model's."""
     names: list[str] = []
-    for klass in cls.__mro__ if isinstance(cls, type) else ():
+    for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
         try:
@@ -180,6 +186,10 @@ def _arguments_of(class_path: str) -> list[str]:
         ]
         if not any(p.kind == p.VAR_KEYWORD for p in parameters):
             break
+    build = next((vars(k)["build_autoencoder"] for k in cls.__mro__ if "build_autoencoder" in vars(k)), None)
+    built = typing.get_type_hints(build).get("return") if build is not None else None
+    if isinstance(built, type):
+        names += _init_arguments(built)
     return names
 
 

@@ -92,10 +92,11 @@ def training_indices(size: int, args: argparse.Namespace) -> torch.Tensor:
 
 def plain_loop(args: argparse.Namespace, device: torch.device, epoch_batches, fused: bool) -> dict[str, Any]:
     """A hand-written training loop: the reference VAE, Adam lr 1e-3, over `epoch_batches(epoch)`."""
-    from ae_lightning.models import VAE
+    from ae_lightning.autoencoders import VAE
+    from ae_lightning.batch import Batch
 
     torch.manual_seed(42)
-    model = VAE(backbone=args.backbone, value_range=(-1, 1), **conv_layers(args)).to(device)
+    model = VAE(backbone=args.backbone, value_range=(-1, 1), **conv_layers(args)).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
     seconds, losses = [], []
     for epoch in range(args.epochs + 1):
@@ -105,7 +106,7 @@ def plain_loop(args: argparse.Namespace, device: torch.device, epoch_batches, fu
         for batch, x in enumerate(epoch_batches(epoch)):
             if args.limit_batches and batch >= args.limit_batches:
                 break
-            loss = model.loss_terms(x, "train")["loss"].mean()
+            loss = model.loss_terms(Batch(x))["loss"].mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

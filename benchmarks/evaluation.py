@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torchmetrics.classification import BinaryAUROC
 
-from ae_lightning.anomaly import squash
 from ae_lightning.cli import main
 from ae_lightning.data import MNISTDataModule
-from ae_lightning.features import knn_accuracy, linear_probe_accuracy
+from ae_lightning.evaluation.features import knn_accuracy, linear_probe_accuracy
+from ae_lightning.evaluation.one_class import squash
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"AE": "ae.yaml", "DAE": "dae.yaml", "VAE": "vae.yaml"}

@@ -27,7 +27,9 @@ def fit(tmp_path: Path, data_dir: Path, model, callback: SampleGridCheckpoint, e
     )
     trainer.fit(
         model,
-        MNISTDataModule(data_dir=data_dir, val_size=VAL_SIZE, batch_size=16, value_range=model.value_range),
+        MNISTDataModule(
+            data_dir=data_dir, val_size=VAL_SIZE, batch_size=16, value_range=model.model.value_range
+        ),
     )
     return trainer
 
@@ -59,7 +61,7 @@ def test_grid_shows_fixed_images_above_reconstructions_and_prior_samples(
     assert not torch.equal(recons(grids[0]), recons(grids[1]))  # what the model made of them changed
     assert torch.equal(grids[1], grids[2])  # last.ckpt holds the weights of epoch 1
     # the inputs are the first validation images, in order
-    first = trainer.datamodule.datasets["val"][0][0]
+    first = trainer.datamodule.datasets["val"][0].images
     torch.testing.assert_close(inputs(grids[0])[0, 2:30, 2:30].float() / 255, first[0], atol=1 / 255, rtol=0)
 
 
@@ -109,7 +111,7 @@ def test_conditional_grid_reconstructs_with_the_true_labels_and_samples_a_row_pe
     model = ConditionalVAE(latent_dim=4, hidden_dims=[32])
     trainer = fit(tmp_path, data_dir, model, callback, epochs=1)
     val = trainer.datamodule.datasets["val"]
-    x, labels = torch.stack([val[i][0] for i in range(8)]), val.labels[:8]
+    x, labels = val[torch.arange(8)].images, val.labels[:8]
     grid = read_png(next(Path(callback.dirpath).glob("*.png")))
     assert grid.shape == (3, *grid_size(8, samples=10 * 8))  # 10 class rows of 8
     model.eval()
@@ -130,3 +132,24 @@ def test_model_without_prior_gets_reconstructions_only(tmp_path, data_dir) -> No
 def test_the_progress_bar_refuses_a_loss_interval_below_one_step() -> None:
     with pytest.raises(ConfigError, match="loss_every_n_steps must be at least 1 step, got 0"):
         ProgressBar(loss_every_n_steps=0)
+
+
+@pytest.mark.parametrize(
+    "method, parameters",
+    [
+        ("_save_checkpoint", ["self", "trainer", "filepath"]),
+        ("_remove_checkpoint", ["self", "trainer", "filepath"]),
+        ("_link_checkpoint", ["trainer", "filepath", "linkpath"]),
+        ("_save_last_checkpoint", ["self", "trainer", "monitor_candidates"]),
+    ],
+)
+def test_the_private_checkpoint_methods_overridden_are_still_lightnings(method, parameters) -> None:
+    """SampleGridCheckpoint overrides these (Lightning has no public hook for a checkpoint file written,
+    removed or linked): they must exist with these arguments, or the grids silently stop (the tests above
+    check that grids are written, removed and linked with their checkpoints)."""
+    import inspect
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    assert method in vars(ModelCheckpoint), f"Lightning no longer has ModelCheckpoint.{method}"
+    assert list(inspect.signature(vars(ModelCheckpoint)[method]).parameters) == parameters

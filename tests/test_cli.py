@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from ae_lightning.autoencoders import Generative
 from ae_lightning.cli import main
 from ae_lightning.models import DenoisingAE
 from tests.conftest import (
@@ -43,7 +44,7 @@ def test_config_fits_then_tests_and_predicts_from_its_checkpoint(
         "last.ckpt",
     ]
     model = fitted.model
-    generative = callable(getattr(model, "sample", None))
+    generative = isinstance(model.model, Generative)
     # 16 images in rows of 8 over their reconstructions (and corrupted copies), 32 samples for the VAE
     size = grid_size(16, samples=32 if generative else 0, rows_per_image=4 if name == "dae" else 2)
     for ckpt in ckpts:
@@ -53,7 +54,7 @@ def test_config_fits_then_tests_and_predicts_from_its_checkpoint(
 
     # a reloaded checkpoint gives the same outputs
     reloaded = type(model).load_from_checkpoint(ckpts[-1])
-    x = torch.stack([fitted.datamodule.datasets["val"][i][0] for i in range(8)])
+    x = fitted.datamodule.datasets["val"][torch.arange(8)].images
     torch.testing.assert_close(reloaded.eval()(x), model.eval()(x))
 
     tested = main(["test", "--config", config, *tiny(data_dir), "--ckpt_path", str(ckpts[-1])])
@@ -61,14 +62,16 @@ def test_config_fits_then_tests_and_predicts_from_its_checkpoint(
     assert {"test/loss", "test/recon"} <= set(metrics)
     if name != "vae":  # deterministic models: the CLI's test loss is that of the checkpoint's weights
         with torch.no_grad():
-            recon = [reloaded.loss_terms(x, "test")["recon"] for x, _ in fitted.datamodule.test_dataloader()]
+            recon = [
+                reloaded.model.eval().loss_terms(b)["recon"] for b in fitted.datamodule.test_dataloader()
+            ]
         torch.testing.assert_close(metrics["test/recon"], torch.cat(recon).mean())
 
     predicted = main(["predict", "--config", config, *tiny(data_dir), "--ckpt_path", str(ckpts[-1])])
     batches = predicted.trainer.predict_loop.predictions
     latents = torch.cat([batch["latent"] for batch in batches])
     scores = torch.cat([batch["anomaly_score"] for batch in batches])
-    assert latents.shape == (NUM_TEST, model.latent_dim) and scores.shape == (NUM_TEST,)
+    assert latents.shape == (NUM_TEST, model.model.latent_dim) and scores.shape == (NUM_TEST,)
     assert torch.equal(
         torch.cat([batch["label"] for batch in batches]), fitted.datamodule.datasets["test"].labels
     )
@@ -79,13 +82,13 @@ def test_reference_vae_config_builds_the_reference_model(data_dir: Path, in_tmp:
     batch 128."""
     cli = main(["--config", str(CONFIGS / "vae.yaml")], run=False)
     model, datamodule = cli.model, cli.datamodule
-    assert linear_shapes(model.encoder) == [(784, 400), (400, 40)]  # the last layer gives mu and logvar
-    assert linear_shapes(model.decoder) == [(20, 400), (400, 784)]
+    assert linear_shapes(model.model.encoder) == [(784, 400), (400, 40)]  # the last layer: mu and logvar
+    assert linear_shapes(model.model.decoder) == [(20, 400), (400, 784)]
     assert sum(p.numel() for p in model.parameters()) == 652_824  # as pytorch/examples' VAE
-    assert model.value_range == datamodule.value_range == (-1.0, 1.0)
-    assert model.likelihood == "gaussian" and model.beta == 1.0
+    assert model.model.value_range == datamodule.value_range == (-1.0, 1.0)
+    assert model.model.likelihood == "gaussian" and model.model.beta == 1.0
     torch.testing.assert_close(
-        model.output_mean(torch.tensor([-30.0, 0.0, 30.0])), torch.tensor([-1.0, 0.0, 1.0])
+        model.model.output_mean(torch.tensor([-30.0, 0.0, 30.0])), torch.tensor([-1.0, 0.0, 1.0])
     )
     optimizer = model.configure_optimizers()
     assert type(optimizer) is torch.optim.Adam and optimizer.defaults["lr"] == 1e-3
@@ -107,6 +110,19 @@ def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture) -> Non
     assert done.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("ae_lightning.models.")
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_model_configs_say_only_what_is_their_own(config: Path, in_tmp: Path) -> None:
+    """Each model config includes the shared base (trainer, logger, callbacks, MNIST) and stays short; its
+    runs go to runs/<config name>/."""
+    text = config.read_text()
+    assert "config: base/mnist.yaml" in text and len(text.splitlines()) <= 40
+    assert "trainer:\n" not in text  # the trainer block is the base's; a config changes single keys
+    cli = main(["--config", str(config)], run=False)
+    assert cli.trainer.logger.name == config.stem
+    assert any(type(callback).__name__ == "SampleGridCheckpoint" for callback in cli.trainer.callbacks)
+    assert cli.trainer.max_epochs >= 10 and cli.config.seed_everything == 42
 
 
 #: the variant configs, each with metrics of its own that a fit must log
@@ -133,7 +149,7 @@ def test_variant_config_fits_and_writes_grids(name: str, data_dir: Path, in_tmp:
         assert torch.isfinite(metrics[metric]), metric
     model = fitted.model
     # the conditional VAE shows a row of 8 per class; the other VAEs 32 samples; the rest none
-    samples = 10 * 8 if name == "cvae" else 32 if callable(getattr(model, "sample", None)) else 0
+    samples = 10 * 8 if name == "cvae" else 32 if isinstance(model.model, Generative) else 0
     rows = 4 if isinstance(model, DenoisingAE) else 2  # the denoiser adds corrupted inputs and their outputs
     ckpts = sorted((run_folder(in_tmp, name) / "checkpoints").glob("*.ckpt"))
     assert len(ckpts) == 2  # the best and last
@@ -168,7 +184,7 @@ def test_variant_config_fits_and_writes_grids(name: str, data_dir: Path, in_tmp:
 )
 def test_variant_options_reach_the_model(config: str, flag: str, read, in_tmp: Path) -> None:
     cli = main(["--config", str(CONFIGS / f"{config}.yaml"), flag], run=False)
-    assert read(cli.model)
+    assert read(cli.model.model)  # the torch model the module holds
 
 
 def test_conditional_vae_predicts_with_the_labels(data_dir: Path, in_tmp: Path) -> None:
@@ -178,7 +194,10 @@ def test_conditional_vae_predicts_with_the_labels(data_dir: Path, in_tmp: Path) 
     ckpt = run_folder(in_tmp, "cvae") / "checkpoints" / "last.ckpt"
     predicted = main(["predict", "--config", config, *tiny(data_dir), "--ckpt_path", str(ckpt)])
     batches = predicted.trainer.predict_loop.predictions
-    assert torch.cat([batch["latent"] for batch in batches]).shape == (NUM_TEST, predicted.model.latent_dim)
+    assert torch.cat([batch["latent"] for batch in batches]).shape == (
+        NUM_TEST,
+        predicted.model.model.latent_dim,
+    )
     assert torch.isfinite(torch.cat([batch["anomaly_score"] for batch in batches])).all()
     assert torch.equal(
         torch.cat([batch["label"] for batch in batches]), predicted.datamodule.datasets["test"].labels

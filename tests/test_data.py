@@ -29,8 +29,8 @@ def ready(data_dir: Path, **kwargs) -> MNISTDataModule:
 
 
 def all_items(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
-    return torch.stack(images), torch.stack(labels)
+    items = [dataset[i] for i in range(len(dataset))]  # item by item, as the DataLoader path reads them
+    return torch.stack([item.images for item in items]), torch.stack([item.labels for item in items])
 
 
 @pytest.mark.parametrize("dataset", ["MNIST", "FashionMNIST", "KMNIST"])
@@ -38,9 +38,11 @@ def test_splits_sizes_and_shapes(data_dir: Path, dataset: str) -> None:
     datamodule = ready(data_dir, dataset=dataset)
     sizes = {split: len(ds) for split, ds in datamodule.datasets.items()}
     assert sizes == {"train": NUM_TRAIN - VAL_SIZE, "val": VAL_SIZE, "test": NUM_TEST}
-    x, y = next(iter(datamodule.train_dataloader()))
+    batch = next(iter(datamodule.train_dataloader()))
+    x, y = batch.images, batch.labels
     assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32
     assert y.shape == (16,) and int(y.max()) <= 9
+    assert batch.index.shape == (16,) and batch.is_anomaly is None
     assert datamodule.image_shape == (1, 28, 28)
 
 
@@ -67,7 +69,7 @@ def test_split_is_seeded_disjoint_and_complete(data_dir: Path) -> None:
 def test_binarize_draws_training_images_afresh_and_fixes_evaluation_images(data_dir: Path) -> None:
     datamodule = ready(data_dir, binarize=True)
     train = datamodule.datasets["train"]
-    assert set(torch.unique(train[0][0]).tolist()) <= {0.0, 1.0}
+    assert set(torch.unique(train[0].images).tolist()) <= {0.0, 1.0}
     assert not torch.equal(all_items(train)[0], all_items(train)[0])  # dynamic binarisation
     val, val_again = all_items(datamodule.datasets["val"])[0], all_items(datamodule.datasets["val"])[0]
     assert set(torch.unique(val).tolist()) == {0.0, 1.0}

@@ -13,14 +13,15 @@ import torch
 from torch.distributions import Normal
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from ae_lightning.anomaly import OneClassMetrics, ScoreQuantile, squash
+from ae_lightning.autoencoders import VAE
+from ae_lightning.batch import Batch
 from ae_lightning.callbacks import FeatureQuality, PredictionWriter
 from ae_lightning.callbacks.test_pictures import ANOMALY_COLOUR, NORMAL_COLOUR, histogram_image, scatter_image
 from ae_lightning.cli import main
 from ae_lightning.data import MNISTDataModule
 from ae_lightning.errors import ConfigError
-from ae_lightning.features import knn_accuracy, linear_probe_accuracy
-from ae_lightning.models import VAE
+from ae_lightning.evaluation.features import knn_accuracy, linear_probe_accuracy
+from ae_lightning.evaluation.one_class import OneClassMetrics, ScoreQuantile, squash
 from tests.conftest import CONFIGS, NUM_TEST, REPO, VAL_SIZE, read_png, run_folder, tiny
 
 AE, ANOMALY = str(CONFIGS / "ae.yaml"), str(CONFIGS / "anomaly.yaml")
@@ -83,8 +84,8 @@ def test_normal_classes_keep_train_and_val_normal_and_test_whole(data_dir: Path)
     test = datamodule.datasets["test"]
     assert len(test) == NUM_TEST
     assert torch.equal(test.is_anomaly, (test.labels != 3) & (test.labels != 5))
-    image, label, is_anomaly = test[0]
-    assert image.shape == (1, 28, 28) and bool(is_anomaly) == (int(label) not in (3, 5))
+    item = test[0]
+    assert item.images.shape == (1, 28, 28) and bool(item.is_anomaly) == (int(item.labels) not in (3, 5))
 
 
 @pytest.mark.parametrize("normal_classes", [[], [10], list(range(10))])
@@ -111,11 +112,11 @@ def test_anomaly_config_fits_tests_and_flags_predictions(data_dir: Path, in_tmp:
     """fit sets the threshold at the 95th percentile of the validation scores; test logs AUROC, AUPR and F1
     of the checkpoint; predict writes every test image with its flag, score > threshold."""
     fitted = main(["fit", "--config", ANOMALY, *tiny(data_dir)])
-    model = fitted.model.eval()
+    module = fitted.model.eval()
     val = fitted.datamodule.datasets["val"]
     with torch.no_grad():
-        val_scores = model.anomaly_score(val.images.float() / 255)
-    threshold = model.anomaly_threshold
+        val_scores = module.model.anomaly_score(Batch(val.images.float() / 255))
+    threshold = module.anomaly_threshold
     assert threshold == pytest.approx(
         torch.quantile(val_scores, 0.95, interpolation="higher").item(), rel=1e-5
     )
@@ -161,8 +162,8 @@ def test_predict_writes_one_ordered_file_and_its_csv(data_dir: Path, in_tmp: Pat
     assert torch.equal(predictions["index"], torch.arange(NUM_TEST))
     assert torch.equal(predictions["label"], predicted.datamodule.datasets["test"].labels)
     assert predictions["latent"].shape == (NUM_TEST, 20)
-    model = type(predicted.model).load_from_checkpoint(ckpt).eval()
-    images = predicted.datamodule.datasets["test"].images.float() / 255
+    model = type(predicted.model).load_from_checkpoint(ckpt).model.eval()
+    images = Batch(predicted.datamodule.datasets["test"].images.float() / 255)
     with torch.no_grad():
         torch.testing.assert_close(predictions["latent"], model.latent(images))
         torch.testing.assert_close(predictions["anomaly_score"], model.anomaly_score(images))
@@ -234,14 +235,14 @@ def bernoulli_vae() -> VAE:
     return VAE(likelihood="bernoulli", latent_dim=4, hidden_dims=[32]).eval()
 
 
-def binary_batch(count: int = 6) -> torch.Tensor:
+def binary_images(count: int = 6) -> torch.Tensor:
     return torch.bernoulli(torch.rand(count, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
 
 
 def test_nll_with_one_sample_is_minus_the_elbo_on_the_same_draw() -> None:
-    model, x = bernoulli_vae(), binary_batch()
+    model, x = bernoulli_vae(), binary_images()
     torch.manual_seed(3)
-    nll = model.negative_log_likelihood(x, 1)
+    nll = model.negative_log_likelihood(Batch(x), 1)
     torch.manual_seed(3)
     with torch.no_grad():
         mu, logvar = model.encoder(x).chunk(2, dim=1)
@@ -258,7 +259,7 @@ def test_nll_with_one_sample_is_minus_the_elbo_on_the_same_draw() -> None:
 
 
 def test_nll_bound_tightens_as_k_grows_and_chunks_change_nothing() -> None:
-    model, x = bernoulli_vae(), binary_batch()
+    model, x = bernoulli_vae(), Batch(binary_images())
     torch.manual_seed(0)
     means = {
         k: torch.stack([model.negative_log_likelihood(x, k) for _ in range(10)]).mean().item()
@@ -334,10 +335,10 @@ def test_feature_quality_is_logged_by_test_from_the_models_latents(data_dir: Pat
     ckpt = str(run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt")
     tested = main(["test", "--config", AE, *tiny(data_dir), "--ckpt_path", ckpt])
     metrics = tested.trainer.callback_metrics
-    model = fitted.model.eval()
+    model = fitted.model.model.eval()
     train, test = (tested.datamodule.datasets[split] for split in ("train", "test"))
     with torch.no_grad():
-        train_z, test_z = (model.latent(split.images.float() / 255) for split in (train, test))
+        train_z, test_z = (model.latent(Batch(split.images.float() / 255)) for split in (train, test))
     expected_probe = linear_probe_accuracy(train_z, train.labels, test_z, test.labels)
     expected_knn = knn_accuracy(train_z, train.labels, test_z, test.labels, k=5)
     assert metrics["test/linear_probe_acc"].item() == pytest.approx(expected_probe)
@@ -366,7 +367,7 @@ def test_test_logs_mse_psnr_and_ssim_of_the_reconstructions(name: str, data_dir:
     metrics = tested.trainer.callback_metrics
     model = type(tested.model).load_from_checkpoint(ckpt).eval()
     test = tested.datamodule.datasets["test"]
-    x = test[torch.arange(len(test))][0]
+    x = test[torch.arange(len(test))].images
     with torch.no_grad():
         reconstruction = model(x)
     mse = (reconstruction - x).square().mean().item()
@@ -402,10 +403,10 @@ def test_anomaly_run_draws_the_most_and_least_anomalous_images(data_dir: Path, i
     # two blocks of 16 test images in rows of 8 (30-pixel cells), 6 pixels apart
     assert anomalies.shape == (3, 2 * (2 * 30 + 2) + 6, 8 * 30 + 2)
     assert read_png(run / "anomaly_histogram.png").shape == (3, 300, 600)
-    model = type(tested.model).load_from_checkpoint(ckpt).eval()
+    model = type(tested.model).load_from_checkpoint(ckpt).model.eval()
     images = tested.datamodule.datasets["test"].images
     with torch.no_grad():
-        most = model.anomaly_score(images.float() / 255).argmax()
+        most = model.anomaly_score(Batch(images.float() / 255)).argmax()
     # the first cell is the most anomalous image (the PNG holds its pixels, 0-255, on all 3 channels)
     assert torch.equal(anomalies[0, 2:30, 2:30], images[most, 0])
 

@@ -96,7 +96,7 @@ def test_a_resumed_loader_hands_out_the_rest_of_its_epoch_and_then_whole_epochs(
         return datamodule.train_dataloader()
 
     def labels(batches) -> list[list[int]]:
-        return [y.tolist() for _, y in batches]
+        return [batch.labels.tolist() for batch in batches]
 
     unbroken = loader()
     unbroken.sampler.set_epoch(3)

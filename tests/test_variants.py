@@ -6,20 +6,22 @@ import pytest
 import torch
 from torch.distributions import Normal
 
+from ae_lightning.autoencoders import IWAE, VAE, VQVAE, ConditionalVAE, ContractiveAE, SparseAE
+from ae_lightning.autoencoders.vae import gaussian_kl
+from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
 from ae_lightning.metrics import ActiveUnits, CodeUsage, usage_statistics
-from ae_lightning.models import IWAE, VAE, VQVAE, ConditionalVAE, ContractiveAE, SparseAE
-from ae_lightning.models.vae import gaussian_kl
 from ae_lightning.nets import VectorQuantizer
-from tests.test_models import fixed_batch, make
+from tests.test_autoencoders import fixed_batch, make
 
 # --- SparseAE ---
 
 
 def test_sparse_kl_penalty_is_the_bernoulli_kl_of_the_mean_activation() -> None:
     model = make(SparseAE, {"sparsity_penalty": "kl", "sparsity_target": 0.1, "sparsity_weight": 3.0})
-    x = fixed_batch(count=6)
-    terms = model.loss_terms(x, "train")
+    batch = fixed_batch(count=6)
+    x = batch.images
+    terms = model.train().loss_terms(batch)
     code = torch.sigmoid(model.encoder(x))  # (6, 8)
     expected = 0.0
     for unit in range(8):
@@ -38,8 +40,9 @@ def test_sparse_kl_penalty_vanishes_at_the_target_rate() -> None:
 
 def test_sparse_l1_penalty_is_the_l1_norm_of_the_relu_code() -> None:
     model = make(SparseAE, {"sparsity_penalty": "l1", "sparsity_weight": 0.5})
-    x = fixed_batch(count=4)
-    terms = model.loss_terms(x, "train")
+    batch = fixed_batch(count=4)
+    x = batch.images
+    terms = model.train().loss_terms(batch)
     code = model.encoder(x).clamp(min=0)
     torch.testing.assert_close(terms["sparsity"], code.sum(1))
     torch.testing.assert_close(terms["loss"], terms["recon"] + 0.5 * code.sum(1))
@@ -57,8 +60,9 @@ def test_contractive_penalty_is_the_squared_frobenius_norm_of_the_encoder_jacobi
     backbone, hidden_dims
 ) -> None:
     model = make(ContractiveAE, {"contractive_weight": 0.3}, backbone=backbone, hidden_dims=hidden_dims)
-    x = fixed_batch(count=3)
-    terms = model.loss_terms(x, "train")
+    batch = fixed_batch(count=3)
+    x = batch.images
+    terms = model.train().loss_terms(batch)
     expected = torch.stack(
         [
             torch.autograd.functional.jacobian(lambda image: model.encoder(image[None])[0], image)
@@ -78,10 +82,10 @@ def test_contractive_penalty_is_the_squared_frobenius_norm_of_the_encoder_jacobi
 def test_contractive_penalty_is_computed_under_inference_mode_too(hidden_dims) -> None:
     """Validation runs under torch.inference_mode; the penalty must still be the same number."""
     model = make(ContractiveAE, {}, hidden_dims=hidden_dims)
-    x = fixed_batch(count=3)
-    train = model.loss_terms(x, "train")["jacobian_penalty"]
+    batch = fixed_batch(count=3)
+    train = model.train().loss_terms(batch)["jacobian_penalty"]
     with torch.inference_mode():
-        val = model.loss_terms(x, "val")["jacobian_penalty"]
+        val = model.eval().loss_terms(batch)["jacobian_penalty"]
     torch.testing.assert_close(val, train.detach())
 
 
@@ -89,16 +93,16 @@ def test_contractive_penalty_is_computed_under_inference_mode_too(hidden_dims) -
 
 
 @pytest.mark.parametrize("step, weight", [(0, 0.0), (25, 1.0), (50, 2.0), (100, 4.0), (1000, 4.0)])
-def test_kl_warmup_rises_linearly_to_beta(step, weight, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kl_warmup_rises_linearly_to_beta(step, weight) -> None:
     model = make(VAE, {"beta": 4.0, "kl_warmup_steps": 100})
-    monkeypatch.setattr(VAE, "global_step", property(lambda self: step))
+    model.step = step  # optimizer steps taken
     assert model.kl_weight() == pytest.approx(weight)
-    x = fixed_batch(count=4)
+    batch = fixed_batch(count=4)
     torch.manual_seed(0)
-    train = model.loss_terms(x, "train")
+    train = model.train().loss_terms(batch)
     torch.testing.assert_close(train["loss"], train["recon"] + weight * train["kl"])
     torch.manual_seed(0)
-    val = model.loss_terms(x, "val")  # validation weighs the KL by beta itself, whatever the step
+    val = model.eval().loss_terms(batch)  # validation weighs the KL by beta itself, whatever the step
     torch.testing.assert_close(val["loss"], val["recon"] + 4.0 * val["kl"])
 
 
@@ -108,12 +112,13 @@ def test_vae_without_warmup_uses_beta_from_the_first_step() -> None:
 
 def test_kl_per_unit_adds_up_to_the_kl() -> None:
     model = make(VAE, {})
-    x = fixed_batch(count=5)
-    terms = model.loss_terms(x, "val")
+    batch = fixed_batch(count=5)
+    x = batch.images
+    terms = model.eval().loss_terms(batch)
     per_unit = torch.stack([terms[f"kl_dim/{unit}"] for unit in range(8)], 1)
     mu, logvar = model.encode(x)
     torch.testing.assert_close(per_unit.sum(1), gaussian_kl(mu, logvar))
-    assert "kl_dim/0" not in model.loss_terms(x, "train")  # per unit only where it is logged per epoch
+    assert "kl_dim/0" not in model.train().loss_terms(batch)  # per unit only where it is logged per epoch
 
 
 def test_active_units_count_the_units_whose_posterior_mean_varies() -> None:
@@ -133,7 +138,8 @@ def test_active_units_count_the_units_whose_posterior_mean_varies() -> None:
 @pytest.mark.parametrize("backbone, hidden_dims", [("mlp", [32]), ("conv", [4, 8])])
 def test_cvae_networks_see_the_one_hot_label(backbone, hidden_dims) -> None:
     model = make(ConditionalVAE, {"num_classes": 10}, backbone=backbone, hidden_dims=hidden_dims)
-    x = fixed_batch(count=4)
+    batch = fixed_batch(count=4)
+    x = batch.images
     labels = torch.tensor([3, 0, 9, 3])
     seen: dict[str, torch.Tensor] = {}
 
@@ -146,7 +152,7 @@ def test_cvae_networks_see_the_one_hot_label(backbone, hidden_dims) -> None:
     model.encoder.net.register_forward_pre_hook(recorder("encoder"))
     model.decoder.net.register_forward_pre_hook(recorder("decoder"))
     torch.manual_seed(0)
-    model.loss_terms(x, "train", labels=labels)
+    model.train().loss_terms(Batch(x, labels))
     one_hot = torch.eye(10)[labels]
     if backbone == "mlp":  # the label appended to the pixels
         torch.testing.assert_close(seen["encoder"], torch.cat([x.flatten(1), one_hot], 1))
@@ -162,7 +168,7 @@ def test_cvae_networks_see_the_one_hot_label(backbone, hidden_dims) -> None:
 
 def test_cvae_grid_samples_are_one_row_per_class_from_the_same_noise() -> None:
     model = make(ConditionalVAE, {"num_classes": 10}).eval()
-    samples = model.samples_for_grid(32, nrow=8, generator=torch.Generator().manual_seed(5))
+    samples = model.grid_samples(32, nrow=8, generator=torch.Generator().manual_seed(5))
     assert samples.shape == (80, 1, 28, 28)
     z = torch.randn(8, 8, generator=torch.Generator().manual_seed(5))
     for label in (0, 7):
@@ -172,11 +178,12 @@ def test_cvae_grid_samples_are_one_row_per_class_from_the_same_noise() -> None:
 
 def test_cvae_refuses_batches_without_labels_and_labels_out_of_range() -> None:
     model = make(ConditionalVAE, {"num_classes": 3})
-    x = fixed_batch(count=4)
+    batch = fixed_batch(count=4)
+    x = batch.images
     with pytest.raises(ConfigError, match="needs labelled batches"):
-        model.conditions_of(x)
+        model.loss_terms(Batch(x))
     with pytest.raises(ConfigError, match=r"labels must lie in \[0, 3\).*--model.num_classes"):
-        model.loss_terms(x, "train", labels=torch.tensor([0, 1, 2, 5]))
+        model.loss_terms(Batch(x, torch.tensor([0, 1, 2, 5])))
 
 
 # --- IWAE ---
@@ -184,9 +191,10 @@ def test_cvae_refuses_batches_without_labels_and_labels_out_of_range() -> None:
 
 def test_iwae_with_one_sample_is_the_elbo_on_the_same_draw() -> None:
     model = make(IWAE, {"num_samples": 1}, value_range=(-1.0, 1.0))
-    x = fixed_batch((-1.0, 1.0), count=5)
+    batch = fixed_batch((-1.0, 1.0), count=5)
+    x = batch.images
     torch.manual_seed(3)
-    terms = model.loss_terms(x, "train")
+    terms = model.train().loss_terms(batch)
     torch.manual_seed(3)
     mu, logvar = model.encoder(x).chunk(2, dim=1)
     std = (0.5 * logvar).exp()
@@ -203,20 +211,22 @@ def test_iwae_one_sample_bound_averages_to_the_analytic_elbo() -> None:
     model = make(IWAE, {"num_samples": 1})
     vae = make(VAE, {})
     vae.load_state_dict(model.state_dict())
-    x = fixed_batch(count=4)
+    batch = fixed_batch(count=4)
     torch.manual_seed(0)
     with torch.no_grad():
-        mean_bound = torch.stack([model.bound(x, 1) for _ in range(400)]).mean(0)
-        neg_elbo = torch.stack([vae.loss_terms(x, "test")["loss"] for _ in range(400)]).mean(0)
+        mean_bound = torch.stack([model.bound(batch, 1) for _ in range(400)]).mean(0)
+        neg_elbo = torch.stack([vae.eval().loss_terms(batch)["loss"] for _ in range(400)]).mean(0)
     torch.testing.assert_close(-mean_bound, neg_elbo, rtol=0.01, atol=0.0)
 
 
 def test_iwae_bound_tightens_as_k_grows() -> None:
     model = make(IWAE, {})
-    x = fixed_batch(count=8)
+    batch = fixed_batch(count=8)
     torch.manual_seed(0)
     with torch.no_grad():
-        bounds = {k: torch.stack([model.bound(x, k) for _ in range(20)]).mean().item() for k in (1, 5, 50)}
+        bounds = {
+            k: torch.stack([model.bound(batch, k) for _ in range(20)]).mean().item() for k in (1, 5, 50)
+        }
     assert bounds[1] < bounds[5] < bounds[50]
 
 
@@ -267,8 +277,9 @@ def test_quantizer_keeps_float32_under_mixed_precision() -> None:
 
 def test_vqvae_loss_is_reconstruction_plus_codebook_plus_weighted_commitment() -> None:
     model = make(VQVAE, {"codebook_size": 8, "code_dim": 4, "commitment_cost": 0.25})
-    x = fixed_batch(count=3)
-    terms = model.loss_terms(x, "test")
+    batch = fixed_batch(count=3)
+    x = batch.images
+    terms = model.eval().loss_terms(batch)
     z = model.encoder(x).view(3, 2, 4)  # 8 outputs = 2 vectors of 4 per image
     codebook = model.quantizer.codebook.detach()
     distances = (z[:, :, None] - codebook).square().sum(-1)  # (3, 2, 8)

@@ -3,6 +3,7 @@
 from ae_lightning.callbacks.feature_quality import FeatureQuality
 from ae_lightning.callbacks.nonfinite import NonFiniteLossCheck
 from ae_lightning.callbacks.prediction_writer import PredictionWriter
+from ae_lightning.callbacks.preemption import PreemptionCheckpoint
 from ae_lightning.callbacks.progress import ProgressBar
 from ae_lightning.callbacks.run_config import SaveRunConfig
 from ae_lightning.callbacks.sample_grid import SampleGridCheckpoint
@@ -12,6 +13,7 @@ __all__ = [
     "FeatureQuality",
     "NonFiniteLossCheck",
     "PredictionWriter",
+    "PreemptionCheckpoint",
     "ProgressBar",
     "SampleGridCheckpoint",
     "SaveRunConfig",

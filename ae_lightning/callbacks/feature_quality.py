@@ -8,10 +8,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from ae_lightning.batch import Batch
 from ae_lightning.callbacks.gather import gather_shares
+from ae_lightning.callbacks.images import autoencoder_of
 from ae_lightning.errors import ConfigError
-from ae_lightning.features import knn_accuracy, linear_probe_accuracy
-from ae_lightning.models.base import images_of
+from ae_lightning.evaluation.features import knn_accuracy, linear_probe_accuracy
 
 #: images encoded at a time when the training split's latents are computed
 _ENCODE_BATCH = 1024
@@ -19,14 +20,14 @@ _ENCODE_BATCH = 1024
 
 class FeatureQuality(Callback):
     """Logs `test/linear_probe_acc` and `test/knn_acc`: classifiers fitted on the latents of the training
-    split (`model.latent`, for a VAE the posterior mean), scored on the latents of the test set.
+    split (the torch model's `latent`, for a VAE the posterior mean), scored on the latents of the test set.
 
     A callback rather than part of the model's test step because it needs a second split (the training
     images) and a classifier fitted after the whole test set is encoded; it works for every model, since it
-    uses only `latent` (and `conditions_of`, for the conditional VAE's labels). The training latents are
-    encoded on every process (a pass of the encoder only), the test latents gathered from all processes, so
-    the numbers are those of the whole sets; they are skipped, with a warning, when the data has no labels or
-    the training split holds a single class (the one-class protocol).
+    uses only `latent` (which reads the labels a conditional VAE needs from the batch). The training latents
+    are encoded on every process (a pass of the encoder only), the test latents gathered from all processes,
+    so the numbers are those of the whole sets; they are skipped, with a warning, when the data has no labels
+    or the training split holds a single class (the one-class protocol).
 
     Args:
         knn_k: neighbours of the k-NN vote.
@@ -68,15 +69,15 @@ class FeatureQuality(Callback):
         trainer: "pl.Trainer",
         pl_module: "pl.LightningModule",
         outputs: Any,
-        batch: Any,
+        batch: Batch,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if isinstance(batch, Tensor) or len(batch) < 2:
+        if batch.labels is None:
             return
-        latent = pl_module.latent(images_of(batch), **pl_module.conditions_of(batch))
+        latent = autoencoder_of(pl_module).latent(batch)
         self._latents.append(latent.float().flatten(1).cpu())
-        self._labels.append(batch[1].cpu())
+        self._labels.append(batch.labels.cpu())
 
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         local = (torch.cat(self._latents), torch.cat(self._labels)) if self._latents else None
@@ -110,13 +111,12 @@ class FeatureQuality(Callback):
         dataset = datamodule.datasets["train"]
         size = len(dataset) if self.max_train is None else min(self.max_train, len(dataset))
         latents, labels = [], []
-        was_training = pl_module.training
-        pl_module.eval()
+        model = autoencoder_of(pl_module)
+        was_training = model.training
+        model.eval()
         for start in range(0, size, _ENCODE_BATCH):
-            batch = dataset[torch.arange(start, min(start + _ENCODE_BATCH, size))]
-            x = images_of(batch).to(pl_module.device)
-            batch = (x, *[part.to(pl_module.device) for part in batch[1:]])
-            latents.append(pl_module.latent(x, **pl_module.conditions_of(batch)).float().flatten(1).cpu())
-            labels.append(batch[1].cpu())
-        pl_module.train(was_training)
+            batch = dataset[torch.arange(start, min(start + _ENCODE_BATCH, size))].to(model.device)
+            latents.append(model.latent(batch).float().flatten(1).cpu())
+            labels.append(batch.labels.cpu())
+        model.train(was_training)
         return torch.cat(latents), torch.cat(labels)

@@ -23,9 +23,11 @@ FORMATS: tuple[str, ...] = ("pt", "csv", "npz")
 def merge_predictions(
     batches: Sequence[dict[str, Tensor]], indices: Sequence[Sequence[int]]
 ) -> dict[str, Tensor]:
-    """Concatenates per-batch prediction dicts (on CPU) and adds `index`, the dataset index of every row."""
+    """Concatenates per-batch prediction dicts (on CPU); `index`, the dataset index of every row, is the
+    batches' own (`Batch.index`) or else taken from `indices`, the batch indices Lightning recorded."""
     merged = {key: torch.cat([batch[key].detach().cpu() for batch in batches]) for key in batches[0]}
-    merged["index"] = torch.tensor([i for batch in indices for i in batch], dtype=torch.long)
+    if "index" not in merged:
+        merged["index"] = torch.tensor([i for batch in indices for i in batch], dtype=torch.long)
     return merged
 
 

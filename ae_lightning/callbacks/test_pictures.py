@@ -12,12 +12,14 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from ae_lightning.autoencoders import Autoencoder, Conditional, Generative
+from ae_lightning.batch import Batch
 from ae_lightning.callbacks.gather import gather_shares
+from ae_lightning.callbacks.grid import stack_blocks
+from ae_lightning.callbacks.images import autoencoder_of, log_image
 from ae_lightning.callbacks.run_config import run_folder
-from ae_lightning.callbacks.sample_grid import log_image
 from ae_lightning.errors import ConfigError
 from ae_lightning.files import atomic_write
-from ae_lightning.models.base import anomaly_targets_of, images_of
 from ae_lightning.value_range import to_unit_interval
 
 #: colours of classes 0..9 (matplotlib's tab10), and of normal / anomalous scores
@@ -91,11 +93,11 @@ class TestPictures(Callback):
     (`interpolation.png`, `latent_scatter.png`, `anomalies.png`, `anomaly_histogram.png`) and to the loggers
     that take images:
 
-    - models with a prior (`sample`: the VAEs, not the conditional one): a latent interpolation grid, one row
+    - models with a prior (`Generative`, but not `Conditional`): a latent interpolation grid, one row
       per pair of test images (the 2i-th and (2i+1)-th), decoding `steps` codes evenly spaced between their
       posterior means, the two images at the ends;
     - 2-d latents: a scatter of the test latents coloured by label;
-    - one-class runs (batches with anomaly targets): the `num_extremes` most anomalous test images (top block)
+    - one-class runs (batches with `is_anomaly`): the `num_extremes` most anomalous test images (top block)
       and the least anomalous (bottom block), and a histogram of the scores of normal vs anomalous images with
       the threshold.
 
@@ -129,18 +131,17 @@ class TestPictures(Callback):
         trainer: "pl.Trainer",
         pl_module: "pl.LightningModule",
         outputs: Any,
-        batch: Any,
+        batch: Batch,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        x, conditions = images_of(batch), pl_module.conditions_of(batch)
-        parts = {"images": x, "latents": pl_module.latent(x, **conditions)}
-        if not isinstance(batch, Tensor) and len(batch) > 1:
-            parts["labels"] = batch[1]
-        is_anomaly = anomaly_targets_of(batch)
-        if is_anomaly is not None:
-            parts["is_anomaly"] = is_anomaly
-            parts["scores"] = pl_module.anomaly_score(x, **conditions)
+        model = autoencoder_of(pl_module)
+        parts = {"images": batch.images, "latents": model.latent(batch)}
+        if batch.labels is not None:
+            parts["labels"] = batch.labels
+        if batch.is_anomaly is not None:
+            parts["is_anomaly"] = batch.is_anomaly
+            parts["scores"] = model.anomaly_score(batch)
         for name, value in parts.items():
             self._parts.setdefault(name, []).append(value.detach().float().cpu())
 
@@ -155,7 +156,7 @@ class TestPictures(Callback):
         if not shares:
             return
         gathered = {name: torch.cat([share[name] for share in shares]) for name in shares[0]}
-        pictures = self.draw(pl_module, gathered)
+        pictures = self.draw(autoencoder_of(pl_module), gathered, pl_module.anomaly_threshold)
         folder.mkdir(parents=True, exist_ok=True)
         self.written = []
         for name, picture in pictures.items():
@@ -168,16 +169,14 @@ class TestPictures(Callback):
             rank_zero_info(f"Test pictures written: {', '.join(map(str, self.written))}")
 
     @torch.no_grad()
-    def draw(self, pl_module: "pl.LightningModule", data: dict[str, Tensor]) -> dict[str, Tensor]:
+    def draw(
+        self, model: Autoencoder, data: dict[str, Tensor], threshold: float | None = None
+    ) -> dict[str, Tensor]:
         """The pictures that apply, by name, each (3, H, W) in [0, 1]."""
-        value_range = getattr(pl_module, "value_range", (0.0, 1.0))
         pictures: dict[str, Tensor] = {}
         images, latents = data["images"], data["latents"]
-        conditional = "labels" in data and bool(
-            pl_module.conditions_of((images[:1], data["labels"][:1].long()))
-        )
-        if callable(getattr(pl_module, "sample", None)) and not conditional and len(images) >= 2:
-            pictures["interpolation"] = self.interpolation(pl_module, images, latents, value_range)
+        if isinstance(model, Generative) and not isinstance(model, Conditional) and len(images) >= 2:
+            pictures["interpolation"] = self.interpolation(model, images, latents)
         if latents.shape[1] == 2 and "labels" in data:
             pictures["latent_scatter"] = scatter_image(latents, data["labels"])
         if "scores" in data:
@@ -185,31 +184,25 @@ class TestPictures(Callback):
             order = scores.argsort(descending=True)
             count = min(self.num_extremes, len(scores))
             blocks = [images[order[:count]], images[order.flip(0)[:count]]]
-            grids = [
-                to_unit_interval(make_grid(block, nrow=8, pad_value=1.0), value_range) for block in blocks
-            ]
-            gap = torch.ones(3, 6, grids[0].shape[2])
-            pictures["anomalies"] = torch.cat([grids[0], gap, grids[1]], dim=1)
+            pictures["anomalies"] = stack_blocks(
+                [
+                    to_unit_interval(make_grid(block, nrow=8, pad_value=1.0), model.value_range)
+                    for block in blocks
+                ]
+            )
             pictures["anomaly_histogram"] = histogram_image(
-                scores[~is_anomaly], scores[is_anomaly], getattr(pl_module, "anomaly_threshold", None)
+                scores[~is_anomaly], scores[is_anomaly], threshold
             )
         return pictures
 
-    def interpolation(
-        self,
-        pl_module: "pl.LightningModule",
-        images: Tensor,
-        latents: Tensor,
-        value_range: tuple[float, float],
-    ) -> Tensor:
+    def interpolation(self, model: Autoencoder, images: Tensor, latents: Tensor) -> Tensor:
         """Rows of: image a, `steps` decoded codes from a's to b's latent, image b."""
         pairs = min(self.num_pairs, len(images) // 2)
         start, end = latents[0 : 2 * pairs : 2], latents[1 : 2 * pairs : 2]  # (P, D)
         weights = torch.linspace(0, 1, self.steps)[None, :, None]  # (1, S, 1)
         codes = start[:, None] + weights * (end - start)[:, None]  # (P, S, D)
-        device = next(pl_module.parameters()).device
-        decoded = pl_module.decode(codes.flatten(0, 1).to(device)).float().cpu()
+        decoded = model.decode(codes.flatten(0, 1).to(model.device, model.dtype)).float().cpu()
         decoded = decoded.view(pairs, self.steps, *decoded.shape[1:])
         rows = torch.cat([images[0 : 2 * pairs : 2, None], decoded, images[1 : 2 * pairs : 2, None]], dim=1)
         grid = make_grid(rows.flatten(0, 1), nrow=self.steps + 2, pad_value=1.0)
-        return to_unit_interval(grid, value_range)
+        return to_unit_interval(grid, model.value_range)

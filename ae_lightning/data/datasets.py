@@ -4,9 +4,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ae_lightning.batch import Batch
 
-class ImageTensorDataset(Dataset[tuple[Tensor, Tensor]]):
-    """Images held as uint8 (N, C, H, W) with labels (N,); item i is (image in `value_range`, label).
+
+class ImageTensorDataset(Dataset[Batch]):
+    """Images held as uint8 (N, C, H, W) with labels (N,); item i is a `Batch` of one unbatched image (in
+    `value_range`), its label and its index i.
 
     Keeping uint8 and scaling as items are read is 4x lighter than storing floats and skips torchvision's
     per-image PIL round trip. With `binarize`, each read draws a fresh binary image with pixel
@@ -42,19 +45,20 @@ class ImageTensorDataset(Dataset[tuple[Tensor, Tensor]]):
             self.is_anomaly = self.is_anomaly.to(device)
         return self
 
-    def __getitem__(self, index: int | Tensor | list[Tensor]) -> tuple[Tensor, ...] | list:
+    def __getitem__(self, index: int | Tensor | list[Tensor]) -> Batch | list[Batch]:
         if isinstance(index, list):
             return [self[batch] for batch in index]
         if isinstance(index, Tensor):
             index = index.to(self.images.device, non_blocking=True)
+        else:
+            index = torch.tensor(index, device=self.images.device)
         x = self.images[index].float().div_(255)  # (C, H, W) or (B, C, H, W), in [0, 1]
         if self.binarize:
             x = torch.bernoulli(x)
         if (self.low, self.high) != (0.0, 1.0):
             x = x.mul_(self.high - self.low).add_(self.low)
-        if self.is_anomaly is not None:
-            return x, self.labels[index], self.is_anomaly[index]
-        return x, self.labels[index]
+        is_anomaly = None if self.is_anomaly is None else self.is_anomaly[index]
+        return Batch(x, self.labels[index], is_anomaly, index)
 
 
 def binarize_once(images: Tensor, seed: int) -> Tensor:

@@ -11,11 +11,13 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
 
+from ae_lightning.batch import Batch
 from ae_lightning.data.archives import extract_archives
 from ae_lightning.data.datasets import ImageTensorDataset, binarize_once
 from ae_lightning.data.idx import check_split
 from ae_lightning.data.samplers import ResidentBatches, ResumableLoader, TrainingOrder, shuffle_seed
 from ae_lightning.errors import ConfigError, DataError
+from ae_lightning.multistep import check_steps_per_call
 from ae_lightning.value_range import check_value_range
 
 DatasetName = Literal["MNIST", "FashionMNIST", "KMNIST"]
@@ -50,8 +52,8 @@ class MNISTDataModule(LightningDataModule):
         normal_classes: the one-class anomaly protocol: train and validate on these classes only (the
             train/val split of `val_size` is made first, then filtered, so about val_size x
             len(normal_classes) / 10 images validate), and test and predict on the whole test set. Every
-            item is then (image, label, is_anomaly), is_anomaly = the label is not a normal class; the models
-            log `test/auroc`, `test/aupr` and `test/f1` from it. None (default): all classes, no anomalies.
+            batch then carries `is_anomaly` = the label is not a normal class; the models log `test/auroc`,
+            `test/aupr` and `test/f1` from it. None (default): all classes, no anomalies.
     """
 
     def __init__(
@@ -76,8 +78,7 @@ class MNISTDataModule(LightningDataModule):
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
-        if steps_per_call < 1:
-            raise ConfigError(f"steps_per_call must be at least 1, got {steps_per_call}")
+        check_steps_per_call(steps_per_call)
         if steps_per_call > 1 and not resident:
             raise ConfigError(
                 f"steps_per_call {steps_per_call} needs resident data: drop --data.resident false, "
@@ -233,6 +234,7 @@ class MNISTDataModule(LightningDataModule):
         return loader_class(
             self.datasets[split],
             batch_size=self.batch_size,
+            collate_fn=Batch.collate,
             sampler=None if predict else self._sampler(split),
             generator=generator,
             num_workers=self.num_workers,

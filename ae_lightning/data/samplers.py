@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ae_lightning.multistep import calls, group_batches
+
 
 def shuffle_seed(default: int) -> int:
     """The seed of the training order: `seed_everything`'s (`PL_GLOBAL_SEED`) when it was called, else
@@ -75,8 +77,8 @@ class ResidentBatches(TrainingOrder):
     """Whole batches of indices, as tensors, for a dataset that indexes by tensor (resident data).
 
     The order and DDP shares are those of the DataLoader path (`TrainingOrder`). With `steps_per_call`
-    K > 1 each item is a list of K batches (fewer at the end of an epoch), which the model trains on in one
-    call. `resume_at` counts items (batches, or lists of K batches).
+    K > 1 each item is a list of K batches (fewer at the end of an epoch; `multistep.group_batches`), which
+    the module trains on in one call. `resume_at` counts items (batches, or lists of K batches).
     """
 
     def __init__(
@@ -96,17 +98,13 @@ class ResidentBatches(TrainingOrder):
 
     def __iter__(self) -> Iterator[torch.Tensor | list[torch.Tensor]]:
         start, self._start = self._start, 0
-        batches = self.share().split(self.batch_size)
-        if self.steps_per_call == 1:
-            yield from batches[start:]
-        else:
-            calls = range(0, len(batches), self.steps_per_call)
-            for first in calls[start:]:
-                yield list(batches[first : first + self.steps_per_call])
+        items = group_batches(self.share().split(self.batch_size), self.steps_per_call)
+        for position, item in enumerate(items):
+            if position >= start:
+                yield item
 
     def __len__(self) -> int:
-        batches = -(-super().__len__() // self.batch_size)
-        return -(-batches // self.steps_per_call)
+        return calls(-(-super().__len__() // self.batch_size), self.steps_per_call)
 
 
 class ResumableLoader(DataLoader):

@@ -1,21 +1,23 @@
-"""LightningModules, one per autoencoder variant, on one shared base."""
+"""LightningModules, one per autoencoder variant, around the torch models of `ae_lightning.autoencoders`."""
 
-from ae_lightning.models.ae import AE
-from ae_lightning.models.base import AutoencoderBase
-from ae_lightning.models.contractive import ContractiveAE
-from ae_lightning.models.cvae import ConditionalVAE
-from ae_lightning.models.dae import DenoisingAE
-from ae_lightning.models.iwae import IWAE
-from ae_lightning.models.sparse import SparseAE
-from ae_lightning.models.vae import VAE
-from ae_lightning.models.vqvae import VQVAE
+from ae_lightning.models.module import AutoencoderModule
+from ae_lightning.models.variants import (
+    AE,
+    IWAE,
+    VAE,
+    VQVAE,
+    ConditionalVAE,
+    ContractiveAE,
+    DenoisingAE,
+    SparseAE,
+)
 
 __all__ = [
     "AE",
     "IWAE",
     "VAE",
     "VQVAE",
-    "AutoencoderBase",
+    "AutoencoderModule",
     "ConditionalVAE",
     "ContractiveAE",
     "DenoisingAE",

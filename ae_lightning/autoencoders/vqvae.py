@@ -1,25 +1,26 @@
 """The vector-quantised VAE (van den Oord, Vinyals & Kavukcuoglu, 2017)."""
 
-from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
+from torchmetrics import Metric
 
+from ae_lightning.autoencoders.base import Autoencoder
+from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
 from ae_lightning.metrics import CodeUsage, usage_statistics
-from ae_lightning.models.base import AutoencoderBase, Stage, images_of
 from ae_lightning.nets.quantizer import Quantized, VectorQuantizer
 
 
-class VQVAE(AutoencoderBase):
+class VQVAE(Autoencoder):
     """Autoencoder with a discrete code: the encoder's `latent_dim` outputs are cut into
     latent_dim / code_dim vectors, each replaced by its nearest codebook entry before decoding.
 
     loss = reconstruction + ||sg(z) - e||^2 (the codebook term; absent with EMA updates) + commitment_cost *
     ||z - sg(e)||^2, summed over the vectors of an image; gradients pass the quantizer straight through.
-    There is no prior to sample from (the paper fits one afterwards), so grids show reconstructions only. Logs
-    `commitment` and `codebook` (unweighted), the codebook `perplexity` and the fraction of codes used
-    (`codes_used`): per training step, and over the whole validation set at the end of each epoch.
+    There is no prior to sample from (the paper fits one afterwards), so grids show reconstructions only.
+    Reports `commitment` and `codebook` (unweighted), the codebook `perplexity` and the fraction of codes
+    used (`codes_used`): after each training step, and over a whole validation pass.
 
     Args:
         codebook_size: number of codebook entries.
@@ -29,7 +30,7 @@ class VQVAE(AutoencoderBase):
             average of the encoder vectors assigned to each code instead.
         dead_code_threshold: 0 (off), or codes used less than this fraction of the average code (moving
             average of uses per step) are moved onto random encoder vectors of the current batch.
-        **kwargs: the arguments of `AutoencoderBase`.
+        **kwargs: the arguments of `Autoencoder`.
     """
 
     def __init__(
@@ -60,10 +61,10 @@ class VQVAE(AutoencoderBase):
                 "dead_code_threshold must be in [0, 1): a fraction of the average code's use (0: no reset), "
                 f"got {dead_code_threshold}"
             )
+        self.codebook_size = codebook_size
         self.code_dim = code_dim
         self.commitment_cost = commitment_cost
         self.quantizer = VectorQuantizer(codebook_size, code_dim, ema_decay, dead_code_threshold)
-        self.val_code_usage = CodeUsage(codebook_size)
 
     def quantize(self, z: Tensor, update: bool = False) -> Quantized:
         """Encoder output (B, latent_dim) -> codes (B, latent_dim), indices (B, latent_dim / code_dim) and
@@ -77,17 +78,17 @@ class VQVAE(AutoencoderBase):
             quantized.codebook.reshape(batch, -1).sum(1),
         )
 
-    def latent(self, x: Tensor) -> Tensor:
+    def code(self, x: Tensor) -> Tensor:
         """The quantised code, (B, latent_dim)."""
-        return self.quantize(self.encode(x)).codes
+        return self.quantize(self.encoder(x)).codes
 
     def codes(self, x: Tensor) -> Tensor:
         """Codebook indices of each image, (B, latent_dim / code_dim)."""
-        return self.quantize(self.encode(x)).indices
+        return self.quantize(self.encoder(x)).indices
 
-    def loss_terms(self, x: Tensor, stage: Stage) -> dict[str, Tensor]:
-        quantized = self.quantize(self.encode(x), update=stage == "train")
-        recon = self.reconstruction_loss(self.decoder(quantized.codes), x)
+    def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
+        quantized = self.quantize(self.encoder(batch.images), update=self.training)
+        recon = self.reconstruction_loss(self.decoder(quantized.codes), batch.images)
         loss = recon + self.commitment_cost * quantized.commitment
         terms = {"loss": loss, "recon": recon, "commitment": quantized.commitment}
         if self.quantizer.ema_decay == 0:  # with EMA updates the codebook takes no gradient
@@ -95,19 +96,12 @@ class VQVAE(AutoencoderBase):
             terms["codebook"] = quantized.codebook
         return terms
 
-    def train_metrics(self) -> dict[str, Tensor | float]:
+    def training_metrics(self) -> dict[str, Tensor | float]:
         # the counts of the last step, already summed over processes by the quantizer
         return usage_statistics(self.quantizer.last_counts)
 
-    def validation_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
-        loss = super().validation_step(batch, batch_idx)
-        self.val_code_usage.update(self.codes(images_of(batch)))
-        return loss
+    def evaluation_metrics(self) -> dict[str, Metric]:
+        return {"code_usage": CodeUsage(self.codebook_size)}
 
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        # counts of the whole validation set, summed over processes by the metric: every process holds the
-        # same values, so averaging them (sync_dist) changes nothing and keeps Lightning's DDP check quiet
-        for name, value in self.val_code_usage.compute().items():
-            self.log(f"val/{name}", value, sync_dist=True)
-        self.val_code_usage.reset()
+    def evaluation_inputs(self, batch: Batch) -> dict[str, Tensor]:
+        return {"code_usage": self.codes(batch.images)}

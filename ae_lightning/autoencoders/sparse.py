@@ -6,8 +6,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ae_lightning.autoencoders.base import Autoencoder
+from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
-from ae_lightning.models.base import AutoencoderBase, Stage
 
 SparsityPenalty = Literal["kl", "l1"]
 
@@ -18,20 +19,20 @@ def bernoulli_kl(target: float, rates: Tensor) -> Tensor:
     return (target * (target / rates).log() + (1 - target) * ((1 - target) / (1 - rates)).log()).sum()
 
 
-class SparseAE(AutoencoderBase):
+class SparseAE(Autoencoder):
     """Autoencoder whose code is pushed towards few active units; the code may be wider than the input.
 
     `kl`: the code is sigmoid(encoder(x)) in (0, 1) and the penalty is sum_j KL(rho || rho_hat_j), rho_hat_j
     being the mean activation of unit j over the batch and rho the `sparsity_target` (the penalty is a batch
     statistic, so each image of the batch carries the same value). `l1`: the code is relu(encoder(x)) and the
-    penalty the L1 norm of each image's code. Logs `sparsity` (the penalty, unweighted) and `mean_activation`
-    (the mean over units of each image's code).
+    penalty the L1 norm of each image's code. Reports `sparsity` (the penalty, unweighted) and
+    `mean_activation` (the mean over units of each image's code).
 
     Args:
         sparsity_penalty: `kl` or `l1`.
         sparsity_weight: weight of the penalty in the loss.
         sparsity_target: rho, the mean activation the `kl` penalty aims at, in (0, 1).
-        **kwargs: the arguments of `AutoencoderBase`.
+        **kwargs: the arguments of `Autoencoder`.
     """
 
     def __init__(
@@ -52,7 +53,7 @@ class SparseAE(AutoencoderBase):
         self.sparsity_weight = sparsity_weight
         self.sparsity_target = sparsity_target
 
-    def encode(self, x: Tensor) -> Tensor:
+    def code(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> code (B, latent_dim): in (0, 1) for the `kl` penalty, >= 0 for `l1`."""
         pre_activation = self.encoder(x)
         return torch.sigmoid(pre_activation) if self.sparsity_penalty == "kl" else torch.relu(pre_activation)
@@ -64,9 +65,9 @@ class SparseAE(AutoencoderBase):
             return code.abs().sum(1)
         return bernoulli_kl(self.sparsity_target, code.mean(0)).expand(code.shape[0])
 
-    def loss_terms(self, x: Tensor, stage: Stage) -> dict[str, Tensor]:
-        code = self.encode(x)
-        recon = self.reconstruction_loss(self.decoder(code), x)
+    def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
+        code = self.code(batch.images)
+        recon = self.reconstruction_loss(self.decoder(code), batch.images)
         sparsity = self.sparsity(code)
         return {
             "loss": recon + self.sparsity_weight * sparsity,

@@ -1,53 +1,58 @@
 """The conditional VAE (Sohn et al., 2015): encoder and decoder both see the class label."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from ae_lightning.autoencoders.interface import Conditional
+from ae_lightning.autoencoders.vae import VAE
+from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
-from ae_lightning.models.base import Stage
-from ae_lightning.models.vae import VAE
 from ae_lightning.nets import build_decoder
 from ae_lightning.nets.conditional import OneHotConditionedDecoder, OneHotConditionedEncoder
 
 
-class ConditionalVAE(VAE):
+class ConditionalVAE(VAE, Conditional):
     """VAE whose encoder q(z | x, y) and decoder p(x | z, y) are conditioned on the one-hot label y.
 
-    Batches must be (images, labels). Every method that touches the networks takes the labels too:
-    `encode(x, labels)`, `decode(z, labels)`, `model(x, labels)`, ... Sample grids show one row per class,
-    every row decoded from the same noise, so a column shows one "style" drawn as each class.
+    Batches must carry `labels`. The tensor methods take the labels too: `encode(x, labels)`,
+    `decode(z, labels)`, `model(x, labels)`. Sample grids show one row per class, every row decoded from the
+    same noise, so a column shows one "style" drawn as each class.
 
     Args:
         num_classes: number of classes; labels must lie in [0, num_classes).
-        **kwargs: the arguments of `VAE` (beta, kl_warmup_steps) and `AutoencoderBase`.
+        **kwargs: the arguments of `VAE` (beta, kl_warmup_steps, nll_samples) and `Autoencoder`.
     """
 
     def __init__(self, num_classes: int = 10, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
         if num_classes < 2:
             raise ConfigError(f"num_classes must be at least 2 to condition on a label, got {num_classes}")
+        # before the base builds the networks, which see the label (`build_networks`)
         self.num_classes = num_classes
-        backbone = self.hparams.backbone
-        # the base built networks that see no label: replace them by ones that do
-        self.encoder = OneHotConditionedEncoder(
-            backbone, self.image_shape, self.hidden_dims, 2 * self.latent_dim, num_classes
-        )
-        self.decoder = OneHotConditionedDecoder(
-            build_decoder(backbone, self.latent_dim + num_classes, self.hidden_dims, self.image_shape)
-        )
-        self.example_input_array = (torch.zeros(2, *self.image_shape), torch.zeros(2, dtype=torch.long))
+        super().__init__(**kwargs)
 
-    def conditions_of(self, batch: Tensor | Sequence[Tensor]) -> dict[str, Tensor]:
-        """The labels of an (images, labels) batch."""
-        if isinstance(batch, Tensor) or len(batch) < 2:
-            raise ConfigError(
-                "ConditionalVAE needs labelled batches (images, labels), but the datamodule gave images only"
+    def build_networks(self) -> tuple[nn.Module, nn.Module]:
+        encoder = OneHotConditionedEncoder(
+            self.backbone, self.image_shape, self.hidden_dims, self.encoder_outputs(), self.num_classes
+        )
+        decoder = OneHotConditionedDecoder(
+            build_decoder(
+                self.backbone, self.latent_dim + self.num_classes, self.hidden_dims, self.image_shape
             )
-        return {"labels": batch[1]}
+        )
+        return encoder, decoder
+
+    def labels_of(self, batch: Batch) -> Tensor:
+        """The batch's labels; a batch without them is refused."""
+        if batch.labels is None:
+            raise ConfigError(
+                "ConditionalVAE needs labelled batches (images and labels), but the datamodule gave images "
+                "only"
+            )
+        return batch.labels
 
     def one_hot(self, labels: Tensor) -> Tensor:
         """(B,) integer labels -> (B, num_classes) one-hot rows in the model's dtype."""
@@ -59,38 +64,35 @@ class ConditionalVAE(VAE):
             )
         return F.one_hot(labels, self.num_classes).to(self.dtype)
 
-    def encode(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         """(B, C, H, W) images and (B,) labels -> (mu, logvar), each (B, latent_dim)."""
         mu, logvar = self.encoder(x, self.one_hot(labels)).chunk(2, dim=1)
         return mu, logvar
 
-    def latent(self, x: Tensor, labels: Tensor) -> Tensor:
-        """Posterior mean, (B, latent_dim)."""
+    def code(self, x: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
+        """Posterior mean given the labels, (B, latent_dim)."""
         return self.encode(x, labels)[0]
 
-    def decode(self, z: Tensor, labels: Tensor) -> Tensor:
+    def decode(self, z: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
         """Codes (B, latent_dim) and (B,) labels -> mean of the output distribution, (B, C, H, W)."""
         return self.output_mean(self.decoder(z, self.one_hot(labels)))
 
-    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, x: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
         """Reconstruction of `x` given its labels, (B, C, H, W) -> (B, C, H, W)."""
-        return self.decode(self.latent(x, labels), labels)
+        return self.decode(self.code(x, labels), labels)
 
-    def loss_terms(self, x: Tensor, stage: Stage, labels: Tensor) -> dict[str, Tensor]:
-        mu, logvar = self.encode(x, labels)
-        decoder_output = self.decoder(self.reparameterize(mu, logvar), self.one_hot(labels))
-        return self.elbo_terms(x, decoder_output, mu, logvar, stage)
+    def latent(self, batch: Batch) -> Tensor:
+        return self.code(batch.images, self.labels_of(batch))
 
-    def posterior(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
+    def reconstruct(self, batch: Batch) -> Tensor:
+        return self(batch.images, self.labels_of(batch))
+
+    def posterior(self, batch: Batch) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
         """(mu, logvar) of q(z | x, y) and the raw decoder given the labels (repeated for n draws each)."""
+        labels = self.labels_of(batch)
         one_hot = self.one_hot(labels)
-        mu, logvar = self.encode(x, labels)
+        mu, logvar = self.encode(batch.images, labels)
         return mu, logvar, lambda z: self.decoder(z, one_hot.repeat(len(z) // len(one_hot), 1))
-
-    def anomaly_score(self, x: Tensor, labels: Tensor, num_samples: int = 16) -> Tensor:
-        """Negative conditional ELBO of each image given its label (beta = 1): (B,)."""
-        one_hot = self.one_hot(labels)
-        return self.negative_elbo(x, *self.encode(x, labels), lambda z: self.decoder(z, one_hot), num_samples)
 
     def sample(
         self, num_samples: int, generator: torch.Generator | None = None, labels: Tensor | None = None
@@ -101,9 +103,7 @@ class ConditionalVAE(VAE):
             labels = torch.arange(num_samples) % self.num_classes
         return self.decode(self.prior_noise(num_samples, generator), labels.to(self.device))
 
-    def samples_for_grid(
-        self, num_samples: int, nrow: int, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def grid_samples(self, num_samples: int, nrow: int, generator: torch.Generator | None = None) -> Tensor:
         """One row of `nrow` images per class, every row decoded from the same `nrow` prior draws:
         (num_classes * nrow, C, H, W). `num_samples` is not used: the classes set the number of rows."""
         z = self.prior_noise(nrow, generator).repeat(self.num_classes, 1)

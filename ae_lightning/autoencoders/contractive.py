@@ -5,26 +5,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ae_lightning.autoencoders.base import Autoencoder
+from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
-from ae_lightning.models.base import AutoencoderBase, Stage
 from ae_lightning.nets import MLPEncoder
 
 
-class ContractiveAE(AutoencoderBase):
+class ContractiveAE(Autoencoder):
     """Autoencoder with a penalty on the squared Frobenius norm of the encoder's Jacobian, ||dz/dx||_F^2,
     which makes the code insensitive to small changes of the input.
 
-    Cost of the penalty: for the MLP with one hidden layer (the default, 784-400-20) it is exact and in closed
-    form, m^T ((W2^T W2) * (W1 W1^T)) m with m the mask of active ReLU units (as Rifai et al.'s closed form
-    for a sigmoid layer): one hidden x hidden matrix per step (measured: a training step 2.8x the AE's).
-    Any other encoder (deeper MLP, conv) gets it by autograd: one batched backward pass over the
-    `latent_dim` basis vectors (`torch.autograd.grad(..., is_grads_batched=True)`), i.e. `latent_dim`
-    vector-Jacobian products, plus a double backward in training (measured on 784-400-20: 13x the AE's
-    step). Logs `jacobian_penalty` (the unweighted norm).
+    For the MLP with one hidden layer (the default, 784-400-20) the penalty is exact and in closed form,
+    m^T ((W2^T W2) * (W1 W1^T)) m with m the mask of active ReLU units (as Rifai et al.'s closed form for a
+    sigmoid layer): one hidden x hidden matrix per step. Any other encoder (deeper MLP, conv) gets it by
+    autograd: one batched backward pass over the `latent_dim` basis vectors
+    (`torch.autograd.grad(..., is_grads_batched=True)`), i.e. `latent_dim` vector-Jacobian products, plus a
+    double backward in training (benchmarks/README.md gives the cost of both). Reports `jacobian_penalty`
+    (the unweighted norm).
 
     Args:
         contractive_weight: lambda, the weight of the penalty in the loss.
-        **kwargs: the arguments of `AutoencoderBase`.
+        **kwargs: the arguments of `Autoencoder`.
     """
 
     def __init__(self, contractive_weight: float = 0.1, **kwargs: Any) -> None:
@@ -39,7 +40,7 @@ class ContractiveAE(AutoencoderBase):
             code, penalty = self.encoder.forward_and_jacobian_norm(x)
             return code, penalty.float()
         train = torch.is_grad_enabled()
-        # validation runs under inference mode, where autograd is off: the penalty needs it back on
+        # evaluation may run under inference mode, where autograd is off: the penalty needs it back on
         with torch.inference_mode(False), torch.enable_grad():
             x = x.clone().requires_grad_(True)  # a clone is an ordinary tensor even under inference mode
             code = self.encoder(x)
@@ -53,9 +54,9 @@ class ContractiveAE(AutoencoderBase):
         penalty = jacobian.float().square().flatten(2).sum(2).sum(0)  # float32 under mixed precision
         return code, penalty
 
-    def loss_terms(self, x: Tensor, stage: Stage) -> dict[str, Tensor]:
-        code, penalty = self.code_and_jacobian_penalty(x)
-        recon = self.reconstruction_loss(self.decoder(code), x)
+    def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
+        code, penalty = self.code_and_jacobian_penalty(batch.images)
+        recon = self.reconstruction_loss(self.decoder(code), batch.images)
         return {
             "loss": recon + self.contractive_weight * penalty,
             "recon": recon,

@@ -4,9 +4,9 @@ from typing import Any
 
 from torch import Tensor
 
+from ae_lightning.autoencoders.vae import VAE, gaussian_kl, iwae_bound
+from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
-from ae_lightning.models.base import Stage
-from ae_lightning.models.vae import VAE, gaussian_kl, iwae_bound
 
 
 class IWAE(VAE):
@@ -14,14 +14,14 @@ class IWAE(VAE):
 
     bound_k(x) = log (1/k) sum_i p(x | z_i) p(z_i) / q(z_i | x), with z_1..z_k drawn from q(z | x); k = 1 is
     the ELBO with a one-sample estimate of the KL. log p(x | z) is minus the reconstruction term (for
-    `gaussian` up to a constant), as in the VAE. Logs `bound` (the k-sample bound, per image), and `recon`
+    `gaussian` up to a constant), as in the VAE. Reports `bound` (the k-sample bound, per image), and `recon`
     (averaged over the k samples) and `kl` (analytic) for comparison with the VAE; `loss` is minus the bound.
 
     Args:
-        num_samples: k, the importance samples per image, in training, validation and test. Each costs one
-            decoder pass.
-        **kwargs: the arguments of `AutoencoderBase`; `beta` and `kl_warmup_steps` must stay at 1 and 0 (the
-            bound has no KL weight).
+        num_samples: k, the importance samples per image, in training and evaluation. Each costs one decoder
+            pass.
+        **kwargs: the arguments of `VAE`; `beta` and `kl_warmup_steps` must stay at 1 and 0 (the bound has
+            no KL weight).
     """
 
     def __init__(self, num_samples: int = 5, **kwargs: Any) -> None:
@@ -35,12 +35,14 @@ class IWAE(VAE):
             )
         self.num_samples = num_samples
 
-    def bound(self, x: Tensor, num_samples: int) -> Tensor:
+    def bound(self, batch: Batch, num_samples: int) -> Tensor:
         """The `num_samples`-sample importance-weighted bound of each image, (B,)."""
-        return iwae_bound(self.log_weights(x, num_samples)[0])
+        return iwae_bound(self.log_weights(batch, num_samples)[0])
 
-    def loss_terms(self, x: Tensor, stage: Stage) -> dict[str, Tensor]:
+    def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
         # training needs the gradient of all k samples at once: one chunk
-        log_weights, recon, mu, logvar = self.log_weights(x, self.num_samples, chunk_size=self.num_samples)
+        log_weights, recon, mu, logvar = self.log_weights(
+            batch, self.num_samples, chunk_size=self.num_samples
+        )
         bound = iwae_bound(log_weights)
         return {"loss": -bound, "bound": bound, "recon": recon.mean(0), "kl": gaussian_kl(mu, logvar)}

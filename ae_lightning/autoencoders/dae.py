@@ -6,19 +6,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ae_lightning.autoencoders.base import Autoencoder
+from ae_lightning.autoencoders.interface import Denoising
+from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
-from ae_lightning.models.base import AutoencoderBase, Stage
 
-#: validation and test inputs are corrupted with this seed, so their numbers compare across epochs
+#: evaluation inputs are corrupted with this seed, so their numbers compare across epochs
 EVAL_CORRUPTION_SEED = 0
 
 
-class DenoisingAE(AutoencoderBase):
+class DenoisingAE(Autoencoder, Denoising):
     """Autoencoder trained to reconstruct the clean image from a corrupted one.
 
     The corruptions are applied in this order, each where its argument is above zero: shifting, masking,
-    salt-and-pepper, Gaussian noise. Validation and test report the loss on clean inputs (`loss`,
-    `recon`) and on inputs corrupted with a fixed seed (`recon_corrupted`).
+    salt-and-pepper, Gaussian noise. In evaluation mode the loss terms are those of clean inputs (`loss`,
+    `recon`) and of inputs corrupted with a fixed seed (`recon_corrupted`, the seed restarted by
+    `start_evaluation`).
 
     Args:
         noise_std: standard deviation of additive Gaussian noise, in data units.
@@ -27,8 +30,8 @@ class DenoisingAE(AutoencoderBase):
         shift_pixels: the largest translation of an input, in pixels: each image is moved by a random
             whole number of pixels in [-shift_pixels, shift_pixels] along each axis (the uncovered border
             filled with the bottom of the range), while the target stays where it was. The codes then learn
-            to ignore where a digit sits, which makes them more linearly separable (README "Results").
-        **kwargs: the arguments of `AutoencoderBase`.
+            to ignore where a digit sits, which makes them more linearly separable.
+        **kwargs: the arguments of `Autoencoder`.
     """
 
     def __init__(
@@ -62,7 +65,6 @@ class DenoisingAE(AutoencoderBase):
         self._eval_generator: torch.Generator | None = None
 
     def corrupt(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """A corrupted copy of `x` (B, C, H, W); `x` itself is left untouched."""
         low, high = self.value_range
 
         def uniform() -> Tensor:
@@ -82,22 +84,20 @@ class DenoisingAE(AutoencoderBase):
             x = x + self.noise_std * noise
         return x
 
-    def loss_terms(self, x: Tensor, stage: Stage) -> dict[str, Tensor]:
-        if stage == "train":
+    def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
+        x = batch.images
+        if self.training:
             recon = self.reconstruction_error(self.corrupt(x), x)
             return {"loss": recon, "recon": recon}
+        if self._eval_generator is None or self._eval_generator.device != x.device:
+            self.start_evaluation(x.device)
         clean = self.reconstruction_error(x, x)
         corrupted = self.reconstruction_error(self.corrupt(x, self._eval_generator), x)
         return {"loss": clean, "recon": clean, "recon_corrupted": corrupted}
 
-    def _reset_eval_generator(self) -> None:
-        self._eval_generator = torch.Generator(device=self.device).manual_seed(EVAL_CORRUPTION_SEED)
-
-    def on_validation_epoch_start(self) -> None:
-        self._reset_eval_generator()
-
-    def on_test_epoch_start(self) -> None:
-        self._reset_eval_generator()
+    def start_evaluation(self, device: torch.device | None = None) -> None:
+        device = self.device if device is None else device
+        self._eval_generator = torch.Generator(device=device).manual_seed(EVAL_CORRUPTION_SEED)
 
 
 def shift(x: Tensor, max_shift: int, fill: float, generator: torch.Generator | None = None) -> Tensor:

@@ -1,0 +1,186 @@
+"""The base of every autoencoder: its networks, its likelihood and the interface the framework uses."""
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from ae_lightning.batch import Batch
+from ae_lightning.errors import ConfigError
+from ae_lightning.nets import DEFAULT_HIDDEN_DIMS, Backbone, build_decoder, build_encoder
+from ae_lightning.value_range import check_value_range
+
+Likelihood = Literal["gaussian", "bernoulli"]
+
+
+class Autoencoder(nn.Module):
+    """An autoencoder in plain PyTorch that owns its objective: the plain (undercomplete) one, and the base
+    of every variant, which overrides what is its own (`loss_terms`, `code`, ...).
+
+    Train it in any loop: `loss = model.loss_terms(batch)["loss"].mean()`. `model.train()` gives the
+    training objective (a variant may corrupt, sample or update a codebook), `model.eval()` the evaluation
+    one; `step` (optimizer steps taken) drives schedules such as a KL warm-up.
+
+    Args:
+        latent_dim: size of the code.
+        backbone: `mlp` (fully connected) or `conv` (stride-2 convolutions, square images).
+        hidden_dims: widths of the hidden layers (mlp) or channels of the convolutions (conv), from the image
+            side; the decoder mirrors them. Default: [400] for mlp, [32, 64] for conv.
+        likelihood: `gaussian` (reconstruction term = summed squared error) or `bernoulli` (binary
+            cross-entropy with logits; needs data in [0, 1]).
+        image_shape: (C, H, W) of the images; the CLI takes it from the datamodule.
+        value_range: range of the data, [-1, 1] or [0, 1]; the CLI takes it from the datamodule. It picks
+            the output activation of the gaussian decoder (tanh or sigmoid).
+    """
+
+    #: arguments that set only how the model is evaluated, not what it learns (kept out of a checkpoint's
+    #: hyperparameters, so `test --model.<name> N --ckpt_path X` uses N)
+    evaluation_arguments: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        latent_dim: int = 20,
+        backbone: Backbone = "mlp",
+        hidden_dims: Sequence[int] | None = None,
+        likelihood: Likelihood = "gaussian",
+        image_shape: Sequence[int] = (1, 28, 28),
+        value_range: Sequence[float] = (0.0, 1.0),
+    ) -> None:
+        super().__init__()
+        if latent_dim <= 0:
+            raise ConfigError(f"latent_dim must be a positive number of latent units, got {latent_dim}")
+        if backbone not in DEFAULT_HIDDEN_DIMS:
+            raise ConfigError(f"backbone must be one of {list(DEFAULT_HIDDEN_DIMS)}, got {backbone!r}")
+        if likelihood not in ("gaussian", "bernoulli"):
+            raise ConfigError(f"likelihood must be 'gaussian' or 'bernoulli', got {likelihood!r}")
+        hidden_dims = list(DEFAULT_HIDDEN_DIMS[backbone] if hidden_dims is None else hidden_dims)
+        if any(width <= 0 for width in hidden_dims) or (backbone == "conv" and not hidden_dims):
+            raise ConfigError(
+                f"hidden_dims must be positive sizes (at least one for the conv backbone), got {hidden_dims}"
+            )
+        value_range = check_value_range(value_range)
+        image_shape = tuple(int(size) for size in image_shape)
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise ConfigError(f"image_shape must be (channels, height, width), got {list(image_shape)}")
+        if likelihood == "bernoulli" and value_range != (0.0, 1.0):
+            raise ConfigError(
+                f"likelihood 'bernoulli' models data in [0, 1], but the data is in {list(value_range)}: "
+                "set --data.value_range '[0, 1]' (and --data.binarize true for binarised images), "
+                "or use likelihood 'gaussian'"
+            )
+        self.latent_dim = latent_dim
+        self.backbone = backbone
+        self.hidden_dims = tuple(hidden_dims)
+        self.likelihood = likelihood
+        self.image_shape: tuple[int, int, int] = image_shape  # type: ignore[assignment]
+        self.value_range: tuple[float, float] = value_range
+        self.step = 0  # optimizer steps taken: the training loop sets it
+        self.encoder, self.decoder = self.build_networks()
+
+    def build_networks(self) -> tuple[nn.Module, nn.Module]:
+        """The encoder, (B, C, H, W) -> (B, `encoder_outputs()`), and the decoder, codes -> raw output."""
+        encoder = build_encoder(self.backbone, self.image_shape, self.hidden_dims, self.encoder_outputs())
+        decoder = build_decoder(self.backbone, self.latent_dim, self.hidden_dims, self.image_shape)
+        return encoder, decoder
+
+    def encoder_outputs(self) -> int:
+        """How many numbers the encoder gives per image (a VAE needs two per latent unit)."""
+        return self.latent_dim
+
+    # --- on tensors: what an exported model computes ---
+
+    def code(self, x: Tensor) -> Tensor:
+        """The deterministic code of images (B, C, H, W) -> (B, latent_dim): what `decode` takes."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Code (B, latent_dim) -> mean of the output distribution in data space, (B, C, H, W)."""
+        return self.output_mean(self.decoder(z))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruction of `x`, (B, C, H, W) -> (B, C, H, W)."""
+        return self.decode(self.code(x))
+
+    def output_mean(self, decoder_output: Tensor) -> Tensor:
+        """Maps raw decoder output to the mean of the output distribution in the data's value range."""
+        if self.likelihood == "gaussian" and self.value_range == (-1.0, 1.0):
+            return torch.tanh(decoder_output)
+        return torch.sigmoid(decoder_output)
+
+    def reconstruction_loss(self, decoder_output: Tensor, x: Tensor) -> Tensor:
+        """Negative log-likelihood of `x` per image (up to constants), summed over pixels: (B,).
+
+        Computed in float32 whatever the precision: a sum over 784 pixels in bfloat16 keeps ~3 digits.
+        """
+        decoder_output, x = decoder_output.float(), x.float()
+        if self.likelihood == "bernoulli":
+            per_pixel = F.binary_cross_entropy_with_logits(decoder_output, x, reduction="none")
+        else:
+            per_pixel = (self.output_mean(decoder_output) - x).square()
+        return per_pixel.flatten(1).sum(1)
+
+    def reconstruction_error(self, inputs: Tensor, target: Tensor) -> Tensor:
+        """Loss of reconstructing `target` from the code of `inputs` (the same or corrupted images): (B,)."""
+        return self.reconstruction_loss(self.decoder(self.code(inputs)), target)
+
+    # --- on batches: what training and evaluation use ---
+
+    def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-image loss terms, each (B,); the key `loss` is what is minimised."""
+        recon = self.reconstruction_error(batch.images, batch.images)
+        return {"loss": recon, "recon": recon}
+
+    def latent(self, batch: Batch) -> Tensor:
+        """Deterministic code of each image, for use as features: (B, latent_dim)."""
+        return self.code(batch.images)
+
+    def reconstruct(self, batch: Batch) -> Tensor:
+        """Reconstruction of each image (for a VAE: the decoded posterior mean), (B, C, H, W)."""
+        return self(batch.images)
+
+    def anomaly_score(self, batch: Batch) -> Tensor:
+        """Reconstruction error of each image (higher: more anomalous), (B,)."""
+        return self.reconstruction_error(batch.images, batch.images)
+
+    def training_metrics(self) -> dict[str, Tensor | float]:
+        """Numbers describing the model after a training step (e.g. a weight that follows the step)."""
+        return {}
+
+    def evaluation_metrics(self) -> dict[str, Metric]:
+        """Statistics over a whole validation set, by name; each is updated with `evaluation_inputs`."""
+        return {}
+
+    def evaluation_inputs(self, batch: Batch) -> dict[str, Tensor]:
+        """What each of `evaluation_metrics` is updated with for one batch, by the same names."""
+        return {}
+
+    def start_evaluation(self) -> None:
+        """Called before each evaluation pass (a variant restarts its fixed evaluation noise)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+class AE(Autoencoder):
+    """Undercomplete autoencoder: a code smaller than the image, so the identity map is out of reach.
+
+    Takes the arguments of `Autoencoder`.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        input_dim = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+        if self.latent_dim >= input_dim:
+            raise ConfigError(
+                f"AE needs latent_dim < the input size {input_dim} ({'x'.join(map(str, self.image_shape))}), "
+                f"got {self.latent_dim}: a code as large as the input lets the model learn the identity map. "
+                "Use a smaller latent_dim, or DenoisingAE / VAE, whose objectives rule the identity out."
+            )

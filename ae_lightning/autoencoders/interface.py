@@ -1,0 +1,56 @@
+"""What every autoencoder has, and the capabilities some declare, in plain PyTorch (no Lightning).
+
+A model declares a capability by deriving from its class (`class VAE(Autoencoder, Generative,
+LogLikelihood)`); callbacks and metrics ask `isinstance(model, Generative)`, never probe for methods.
+"""
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from ae_lightning.batch import Batch
+
+
+class Generative(ABC):
+    """A model with a prior to sample from."""
+
+    @abstractmethod
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """Images decoded from `num_samples` prior draws, (num_samples, C, H, W); `generator` (a CPU
+        generator) makes the draws repeatable."""
+
+    def grid_samples(self, num_samples: int, nrow: int, generator: torch.Generator | None = None) -> Tensor:
+        """The samples a picture shows, laid out in rows of `nrow`: by default `num_samples` prior draws."""
+        return self.sample(num_samples, generator)
+
+
+class Denoising(ABC):
+    """A model trained on corrupted inputs."""
+
+    @abstractmethod
+    def corrupt(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A corrupted copy of `x` (B, C, H, W); `x` itself is left untouched."""
+
+
+class Conditional(ABC):
+    """A model whose networks see each image's class label: its batches must carry `labels`."""
+
+    num_classes: int
+
+
+class LogLikelihood(ABC):
+    """A model that estimates -log p(x) of each image."""
+
+    #: importance samples per image of the estimate (0: the estimate is not computed at test)
+    nll_samples: int
+
+    @abstractmethod
+    def negative_log_likelihood(
+        self, batch: Batch, num_samples: int, chunk_size: int | None = None
+    ) -> Tensor:
+        """-log p(x) in nats of each image, (B,), estimated with `num_samples` importance samples."""
+
+    def reports_likelihood(self) -> bool:
+        """Whether `test` estimates the NLL (the estimate is in nats only for a normalised likelihood)."""
+        return self.nll_samples > 0

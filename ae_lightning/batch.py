@@ -1,0 +1,56 @@
+"""The one batch type: what every datamodule yields and every model, metric and callback reads by name."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """A batch of images with what the data knows about them (or, unbatched, one item of a dataset).
+
+    Lightning moves a Batch to the device whole (it maps over dataclass fields).
+
+    Attributes:
+        images: (B, C, H, W) floats in the data's value range.
+        labels: (B,) integer class labels, when the data has them.
+        is_anomaly: (B,) bool one-class targets (True: not a normal class), in the one-class protocol.
+        index: (B,) int64 position of each item in its dataset (predictions are written in that order).
+    """
+
+    images: Tensor
+    labels: Tensor | None = None
+    is_anomaly: Tensor | None = None
+    index: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
+        """A copy on `device`; `dtype` converts the images only."""
+        moved = {field.name: getattr(self, field.name) for field in fields(self)}
+        moved = {name: None if value is None else value.to(device) for name, value in moved.items()}
+        if dtype is not None:
+            moved["images"] = moved["images"].to(dtype)
+        return Batch(**moved)
+
+    def with_images(self, images: Tensor) -> "Batch":
+        """The same batch with other images (e.g. corrupted copies) of the same length."""
+        return replace(self, images=images)
+
+    def __getitem__(self, rows: slice | Tensor) -> "Batch":
+        """The rows `rows` of every field."""
+        taken = {field.name: getattr(self, field.name) for field in fields(self)}
+        return Batch(**{name: None if value is None else value[rows] for name, value in taken.items()})
+
+    @staticmethod
+    def collate(items: Sequence["Batch"]) -> "Batch":
+        """Stacks unbatched items (a DataLoader's `collate_fn`), or concatenates batches."""
+        stack = torch.stack if items[0].images.ndim == 3 else torch.cat
+        joined = {}
+        for field in fields(Batch):
+            values = [getattr(item, field.name) for item in items]
+            joined[field.name] = None if values[0] is None else stack([torch.as_tensor(v) for v in values])
+        return Batch(**joined)

@@ -1,0 +1,89 @@
+"""What validation and test measure beyond the loss terms, as one component a LightningModule holds."""
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MeanSquaredError, Metric
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from ae_lightning.autoencoders.base import Autoencoder
+from ae_lightning.autoencoders.interface import LogLikelihood
+from ae_lightning.batch import Batch
+from ae_lightning.evaluation.one_class import DEFAULT_ANOMALY_QUANTILE, OneClassMetrics, ScoreQuantile
+
+
+class Evaluator(nn.Module):
+    """The one-class threshold and metrics, reconstruction quality, the test NLL and a model's own
+    validation statistics, over whole sets and all devices (torchmetrics states).
+
+    - One-class (batches with `is_anomaly`): each validation pass sets `threshold` to the `anomaly_quantile`
+      of the anomaly scores of the (normal) validation images, so about (1 - q) of normal data is flagged;
+      test reports `auroc`, `aupr` and, with a threshold, `f1` of `score > threshold`.
+    - Reconstruction at test: `mse` (per pixel), `psnr` (dB, from the MSE of the whole set) and `ssim`
+      (mean over images) of `model.reconstruct(batch)`, in the data's units.
+    - `nll` at test, for a model that estimates its likelihood (`LogLikelihood`) in nats.
+    - Validation statistics the model declares (`evaluation_metrics`), e.g. a VAE's active units.
+
+    Args:
+        model: the autoencoder evaluated (read for its value range, capabilities and statistics).
+        anomaly_quantile: the one-class threshold rule.
+    """
+
+    def __init__(self, model: Autoencoder, anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE) -> None:
+        super().__init__()
+        low, high = model.value_range
+        self.val_scores = ScoreQuantile(anomaly_quantile)
+        self.one_class = OneClassMetrics()
+        self.mse = MeanSquaredError()
+        self.psnr = PeakSignalNoiseRatio(data_range=high - low)
+        self.ssim = StructuralSimilarityIndexMeasure(data_range=high - low)
+        self.nll = MeanMetric()
+        self.statistics = nn.ModuleDict(model.evaluation_metrics())
+        self.threshold: float | None = None
+
+    @torch.no_grad()
+    def validation_batch(self, model: Autoencoder, batch: Batch) -> None:
+        """Collects the scores of normal images (one-class data) and the model's statistics."""
+        if batch.is_anomaly is not None:
+            scores = model.anomaly_score(batch).float()
+            self.val_scores.update(scores[~batch.is_anomaly.bool()])
+        for name, value in model.evaluation_inputs(batch).items():
+            self.statistics[name].update(value)
+
+    def validation_end(self) -> dict[str, Tensor | float]:
+        """The threshold of the weights just validated (saved with the next checkpoint) and the model's
+        statistics, by name; resets what was collected."""
+        results: dict[str, Tensor | float] = {}
+        if self.val_scores.update_count > 0:
+            self.threshold = self.val_scores.compute().item()
+            self.val_scores.reset()
+            results["anomaly_threshold"] = self.threshold
+        for name, metric in self.statistics.items():
+            if metric.update_count == 0:
+                continue
+            value = metric.compute()
+            results |= value if isinstance(value, dict) else {name: value}
+            metric.reset()
+        return results
+
+    @torch.no_grad()
+    def test_batch(self, model: Autoencoder, batch: Batch) -> dict[str, Metric | float]:
+        """Updates the test metrics with a batch; returns what to log, by name (Lightning computes the
+        metrics over the whole set at the epoch's end)."""
+        x = batch.images.float()
+        reconstruction = model.reconstruct(batch).float()
+        self.mse.update(reconstruction, x)
+        self.psnr.update(reconstruction, x)
+        self.ssim.update(reconstruction, x)
+        logged: dict[str, Any] = {"mse": self.mse, "psnr": self.psnr, "ssim": self.ssim}
+        if isinstance(model, LogLikelihood) and model.reports_likelihood():
+            self.nll.update(model.negative_log_likelihood(batch, model.nll_samples))
+            logged["nll"] = self.nll
+        if batch.is_anomaly is not None:
+            scores = model.anomaly_score(batch).float()
+            self.one_class.update(scores, batch.is_anomaly, self.threshold)
+            logged |= {"auroc": self.one_class.auroc, "aupr": self.one_class.aupr}
+            if self.threshold is not None:
+                logged |= {"f1": self.one_class.f1, "anomaly_threshold": self.threshold}
+        return logged

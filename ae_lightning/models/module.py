@@ -1,0 +1,196 @@
+"""The shared LightningModule: holds a torch autoencoder, its optimizer and scheduler, and runs the steps."""
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torchmetrics import Metric
+
+from ae_lightning import multistep
+from ae_lightning.autoencoders import Autoencoder, Conditional
+from ae_lightning.batch import Batch
+from ae_lightning.evaluation import Evaluator
+from ae_lightning.evaluation.one_class import DEFAULT_ANOMALY_QUANTILE
+from ae_lightning.models.checkpointing import CheckpointState
+
+
+class AutoencoderModule(CheckpointState, LightningModule):
+    """Trains, validates, tests and predicts with one torch autoencoder (`self.model`), which a variant
+    builds in `build_autoencoder`; logs `{stage}/loss` and every loss term, and what `Evaluator` measures.
+
+    Args:
+        optimizer: optimizer class and its arguments (default Adam, lr 1e-3).
+        lr_scheduler: optional learning-rate scheduler, stepped every epoch; ReduceLROnPlateau watches
+            `val/loss`.
+        steps_per_call: optimizer steps per Lightning training step (K). With K > 1 each training item
+            holds K batches (the CLI tells the datamodule) and the module steps through them in one call, so
+            Lightning's per-step work (hooks, logging, progress bar) runs once per K steps. A step is still
+            one optimizer step: `global_step`, `max_steps` and checkpoint names count optimizer steps, and K
+            steps in one call give the weights of K calls of one step. `train/*` is then the mean over a
+            call's K batches, sent to the loggers after every call that passes a multiple of
+            `log_every_n_steps` optimizer steps, and keyed (as validation is) by optimizer step.
+        anomaly_quantile: the one-class threshold rule: with anomaly targets in the data (the datamodule's
+            `normal_classes`), every validation pass sets the threshold to this quantile of the anomaly
+            scores of the (normal) validation images, so about (1 - q) of normal data is flagged; it is saved
+            in the checkpoint, used by `test` for `test/f1` and by `predict` for the `is_anomaly` flag.
+        **model_args: the arguments of the variant's torch model (`ae_lightning.autoencoders`).
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        steps_per_call: int = 1,
+        anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE,
+        **model_args: Any,
+    ) -> None:
+        super().__init__()
+        self.steps_per_call = multistep.check_steps_per_call(steps_per_call)
+        self.model = self.build_autoencoder(**model_args)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", *self.model.evaluation_arguments])
+        # lists, as YAML and the datamodule's hparams hold them (Lightning requires the two to be equal)
+        self.hparams.update(
+            image_shape=list(self.model.image_shape), value_range=list(self.model.value_range)
+        )
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        # K steps per call are taken by the module itself (Lightning's "manual optimization")
+        self.automatic_optimization = steps_per_call == 1
+        self.evaluator = Evaluator(self.model, anomaly_quantile)
+        example = torch.zeros(2, *self.model.image_shape)
+        # lets the model summary show input and output sizes
+        conditional = isinstance(self.model, Conditional)
+        self.example_input_array = (example, torch.zeros(2, dtype=torch.long)) if conditional else example
+        self._calls_warning = multistep.CallsWarning()
+
+    def build_autoencoder(self, **model_args: Any) -> Autoencoder:
+        """The variant's torch model, built from the config's arguments."""
+        raise NotImplementedError(f"{type(self).__name__} must build its autoencoder")
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        """The torch model's reconstruction of images (and, for a conditional model, their labels)."""
+        return self.model(*inputs)
+
+    # --- training ---
+
+    def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> Tensor:
+        if self.automatic_optimization:
+            return self._step(batch, "train")
+        return multistep.train_steps(self, batch)
+
+    def _step(self, batch: Batch, stage: str) -> Tensor:
+        """Computes the loss terms of a batch, logs their means as `{stage}/{name}`, returns the loss."""
+        training = stage == "train"
+        if training:
+            self.model.step = self.global_step
+        terms = self.model.loss_terms(batch)
+        log_all_terms = not training or self.train_logs_due()
+        for name, per_image in terms.items():
+            if name != "loss" and not log_all_terms:
+                continue
+            self.log(
+                f"{stage}/{name}",
+                per_image.mean(),
+                on_step=training,
+                on_epoch=not training,
+                # train/loss reaches the progress bar through the loss returned (callbacks.ProgressBar):
+                # Lightning would turn a prog_bar metric into a number, waiting for the device, every step
+                prog_bar=name == "loss" and not training,
+                # validation and test numbers are means over the whole set, not one rank's share
+                sync_dist=not training,
+                batch_size=len(batch),
+            )
+        if training and log_all_terms:
+            for name, value in self.model.training_metrics().items():
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+        return terms["loss"].mean()
+
+    def train_logs_due(self) -> bool:
+        """Whether this training step's metrics reach the loggers (every `log_every_n_steps` steps).
+
+        `self.log` costs about as much as a tenth of a small model's step on a CPU (Lightning moves its
+        record to the device each time): `train/loss` is logged every step, so that callbacks watching it
+        see every value, and the other `train/*` terms only at the steps the loggers write.
+        """
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        return bool(trainer.fast_dev_run) or (every > 0 and (trainer.global_step + 1) % every == 0)
+
+    def on_fit_start(self) -> None:
+        if not self.automatic_optimization:
+            self._calls_warning.enter()
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._calls_warning.leave(self)
+
+    def teardown(self, stage: str) -> None:
+        self._calls_warning.leave(self, warn=False)
+
+    def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization:
+            multistep.step_scheduler(self)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        scheduler = {"scheduler": self.lr_scheduler(optimizer)}
+        # with K steps per call the module steps it (multistep.step_scheduler), a plateau one on val/loss
+        if self.automatic_optimization:
+            scheduler["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # --- evaluation ---
+
+    def on_validation_epoch_start(self) -> None:
+        self.model.start_evaluation()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss = self._step(batch, "val")
+        self.evaluator.validation_batch(self.model, batch)
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        # the same on every process (the states were gathered): averaging keeps Lightning's DDP check quiet
+        for name, value in self.evaluator.validation_end().items():
+            self.log(f"val/{name}", value, sync_dist=True)
+
+    def on_test_epoch_start(self) -> None:
+        self.model.start_evaluation()
+
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss = self._step(batch, "test")
+        for name, value in self.evaluator.test_batch(self.model, batch).items():
+            self.log(
+                f"test/{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=len(batch),
+                sync_dist=not isinstance(value, Metric),
+            )
+        return loss
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        """Latent code, anomaly score, dataset index, label (when the batch has one) and, when the module
+        holds an anomaly threshold, the flag `is_anomaly` = score > threshold, of every image."""
+        prediction = {"latent": self.model.latent(batch), "anomaly_score": self.model.anomaly_score(batch)}
+        if batch.index is not None:
+            prediction["index"] = batch.index
+        if batch.labels is not None:
+            prediction["label"] = batch.labels
+        if self.anomaly_threshold is not None:
+            prediction["is_anomaly"] = prediction["anomaly_score"] > self.anomaly_threshold
+        return prediction
+
+    @property
+    def anomaly_threshold(self) -> float | None:
+        """The one-class threshold chosen on validation (or loaded with a checkpoint), if any."""
+        return self.evaluator.threshold
+
+    @anomaly_threshold.setter
+    def anomaly_threshold(self, value: float | None) -> None:
+        self.evaluator.threshold = value

@@ -1,0 +1,151 @@
+"""K optimizer steps per Lightning training step: the fast path for small models, in one place.
+
+Lightning's per-step work (hooks, logging, the progress bar) costs about as much as a small model's step on
+a CPU, and makes a GPU wait for the host. With `steps_per_call` K > 1 each training item holds K batches
+(`group_batches`, used by the datamodule's sampler) and the module takes K optimizer steps in one call
+(`train_steps`, Lightning's manual optimization). The CLI links the model's `steps_per_call` to the
+datamodule's (`link_steps_per_call`). Lightning counts one "batch that stepped" per call: this module, and
+only this module, sets that private counter (`_batches_that_stepped`) to the optimizer steps taken, so
+loggers and `log_every_n_steps` count optimizer steps (tests/test_speed.py,
+`test_k_steps_per_call_log_by_optimizer_step`, pins the behaviour).
+"""
+
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from ae_lightning.batch import Batch
+from ae_lightning.errors import ConfigError
+
+if TYPE_CHECKING:
+    # an ae_lightning.models.AutoencoderModule (it holds `model` and `steps_per_call`), not imported: it
+    # imports this module
+    from lightning.pytorch import LightningModule as AutoencoderModule
+    from lightning.pytorch.cli import LightningArgumentParser
+
+#: Lightning's warning, at the start of fit, that compares the calls of an epoch with log_every_n_steps
+_CALLS_WARNING = r"The number of training batches \(\d+\) is smaller"
+
+
+def check_steps_per_call(steps_per_call: int) -> int:
+    """Refuses K < 1."""
+    if steps_per_call < 1:
+        raise ConfigError(f"steps_per_call must be at least 1 optimizer step, got {steps_per_call}")
+    return steps_per_call
+
+
+def link_steps_per_call(parser: "LightningArgumentParser") -> None:
+    """The datamodule sizes its training items by the model's K."""
+    parser.link_arguments("model.init_args.steps_per_call", "data.init_args.steps_per_call")
+
+
+def group_batches(batches: Sequence[Tensor], steps_per_call: int) -> Iterator[Tensor | list[Tensor]]:
+    """The batches themselves (K = 1), or lists of K of them (the last list may be shorter)."""
+    if steps_per_call == 1:
+        yield from batches
+        return
+    for first in range(0, len(batches), steps_per_call):
+        yield list(batches[first : first + steps_per_call])
+
+
+def calls(num_batches: int, steps_per_call: int) -> int:
+    """Training items of an epoch of `num_batches` batches."""
+    return -(-num_batches // steps_per_call)
+
+
+def train_steps(module: "AutoencoderModule", batches: list[Batch]) -> Tensor:
+    """Up to K optimizer steps, one per batch, each exactly what one automatic step does (zero the
+    gradients, backward, step); stops at `max_steps`. Logs the means over the batches and returns the mean
+    loss (detached: the steps are taken)."""
+    trainer, model = module.trainer, module.model
+    optimizer = module.optimizers()
+    sums: dict[str, Tensor] = {}
+    count = 0
+    first_step = trainer.global_step
+    for batch in batches:
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            break
+        model.step = trainer.global_step
+        terms = model.loss_terms(batch)
+        optimizer.zero_grad()
+        module.manual_backward(terms["loss"].mean())
+        optimizer.step()
+        for name, per_image in terms.items():
+            sums[name] = sums.get(name, 0) + per_image.detach().sum()
+        count += len(batch)
+    means = {f"train/{name}": total / count for name, total in sums.items()}
+    means |= {f"train/{name}": torch.as_tensor(value) for name, value in model.training_metrics().items()}
+    for name, mean in means.items():
+        # callbacks (a checkpoint monitoring train/loss) see every call's means; the loggers get them by
+        # optimizer step, below; the progress bar gets the returned loss
+        module.log(name, mean, on_step=True, logger=False, batch_size=count)
+    _log_by_optimizer_step(module, first_step, means)
+    return means["train/loss"]
+
+
+def _log_by_optimizer_step(module: "AutoencoderModule", first_step: int, means: dict[str, Tensor]) -> None:
+    """Keeps the loggers' step axis and `log_every_n_steps` in optimizer steps when a call takes several.
+
+    Lightning keys logger rows (validation's too) by its count of batches that stepped and logs training
+    metrics when it is a multiple of `log_every_n_steps`. The count is set to the optimizer steps taken
+    (Lightning adds the call's last), and the means of a call that passed a multiple of
+    `log_every_n_steps` go to the loggers at the call's last step, as Lightning would log one step.
+    """
+    trainer = module.trainer
+    last_step = trainer.global_step
+    trainer.fit_loop.epoch_loop._batches_that_stepped = last_step - 1
+    every = trainer.log_every_n_steps
+    if not module.loggers or every <= 0 or last_step // every == first_step // every:
+        return
+    metrics = {name: mean.item() for name, mean in means.items()} | {"epoch": trainer.current_epoch}
+    for logger in module.loggers:
+        logger.log_metrics(metrics, step=last_step - 1)
+
+
+def step_scheduler(module: "AutoencoderModule") -> None:
+    """At an epoch's end: steps the learning-rate scheduler where Lightning would (it leaves that to a
+    manually optimised module), a ReduceLROnPlateau one with `val/loss`."""
+    scheduler = module.lr_schedulers()
+    if scheduler is None:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if "val/loss" in module.trainer.callback_metrics:
+            scheduler.step(module.trainer.callback_metrics["val/loss"])
+    else:
+        scheduler.step()
+
+
+class CallsWarning:
+    """Replaces Lightning's "fewer training batches than log_every_n_steps" warning, which counts calls, by
+    one that counts optimizer steps: the filter holds from fit's start until training starts, no longer."""
+
+    def __init__(self) -> None:
+        self._context: Any = None
+
+    def enter(self) -> None:
+        """At fit's start (before Lightning sets up the training data)."""
+        self._context = warnings.catch_warnings()
+        self._context.__enter__()
+        warnings.filterwarnings("ignore", message=_CALLS_WARNING)
+
+    def leave(self, module: "AutoencoderModule", warn: bool = True) -> None:
+        """When training starts: drops the filter and warns in optimizer steps (`warn`; not when fit ends
+        before training starts)."""
+        if self._context is None:
+            return
+        self._context.__exit__(None, None, None)
+        self._context = None
+        if not warn:
+            return
+        trainer = module.trainer
+        steps = trainer.num_training_batches * module.steps_per_call
+        if trainer.loggers and steps < trainer.log_every_n_steps:
+            rank_zero_warn(
+                f"an epoch has at most {steps} optimizer steps, fewer than log_every_n_steps "
+                f"({trainer.log_every_n_steps}): set --trainer.log_every_n_steps lower to see train/* "
+                "within epochs"
+            )
