@@ -40,11 +40,6 @@ class Batch:
         """The same batch with other images (e.g. corrupted copies) of the same length."""
         return replace(self, images=images)
 
-    def __getitem__(self, rows: slice | Tensor) -> "Batch":
-        """The rows `rows` of every field."""
-        taken = {field.name: getattr(self, field.name) for field in fields(self)}
-        return Batch(**{name: None if value is None else value[rows] for name, value in taken.items()})
-
     @staticmethod
     def collate(items: Sequence["Batch"]) -> "Batch":
         """Stacks unbatched items (a DataLoader's `collate_fn`), or concatenates batches."""

@@ -138,9 +138,8 @@ class EpochTimer:
                 timer.total, timer.images = torch.zeros((), device=device), 0
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-                # one batch (images, labels), or with K steps per call a list of K of them
-                chunk = isinstance(batch[0], (list, tuple))
-                images = sum(len(x) for x, _ in batch) if chunk else len(batch[0])
+                # one Batch, or with K steps per call a list of K of them
+                images = sum(map(len, batch)) if isinstance(batch, list) else len(batch)
                 timer.total += outputs["loss"].detach() * images  # the mean loss of the item's images
                 timer.images += images
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal
+from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ae_lightning.autoencoders import VAE
@@ -468,3 +469,55 @@ def test_ddp_test_metrics_equal_the_single_process_ones(
     assert metrics["ddp"].keys() == metrics["one"].keys()
     for name, value in metrics["one"].items():
         assert metrics["ddp"][name] == pytest.approx(value, rel=1e-5), name
+
+
+# --- the Evaluator, alone (no Trainer) ---
+
+
+def test_evaluator_sets_the_threshold_on_normal_validation_scores_and_scores_the_test() -> None:
+    """Validation collects the scores of normal images only and sets the threshold at their quantile; test
+    updates AUROC, AUPR and F1 at that threshold, and the reconstruction metrics, over all batches."""
+    from ae_lightning.autoencoders import AE as TorchAE
+    from ae_lightning.evaluation import Evaluator
+
+    torch.manual_seed(0)
+    model = TorchAE(latent_dim=4, hidden_dims=[16]).eval()
+    evaluator = Evaluator(model, anomaly_quantile=0.9)
+    images = torch.rand(40, 1, 28, 28)
+    is_anomaly = torch.arange(40) % 4 == 0
+    images[is_anomaly] = 1.0  # anomalies: white images, far from the rest
+    batches = [Batch(images[i : i + 10], is_anomaly=is_anomaly[i : i + 10]) for i in range(0, 40, 10)]
+    for batch in batches:
+        evaluator.validation_batch(model, batch)
+    results = evaluator.validation_end()
+    with torch.no_grad():
+        scores = model.anomaly_score(Batch(images))
+    expected = torch.quantile(scores[~is_anomaly].double(), 0.9, interpolation="higher").item()
+    assert results["anomaly_threshold"] == pytest.approx(expected) == evaluator.threshold
+    assert evaluator.validation_end() == {}  # what was collected is reset
+
+    for batch in batches:
+        logged = evaluator.test_batch(model, batch)
+    assert set(logged) == {"mse", "psnr", "ssim", "auroc", "aupr", "f1", "anomaly_threshold"}
+    with torch.no_grad():
+        reconstruction = model(images)
+    torch.testing.assert_close(logged["mse"].compute(), (reconstruction - images).square().mean())
+    assert logged["auroc"].compute().item() == pytest.approx(
+        BinaryAUROC()(squash(scores), is_anomaly.long()).item()
+    )
+
+
+def test_evaluator_reports_a_models_own_statistics_and_the_nll_where_it_applies() -> None:
+    from ae_lightning.evaluation import Evaluator
+
+    torch.manual_seed(0)
+    model = VAE(latent_dim=3, hidden_dims=[16], likelihood="bernoulli", nll_samples=5).eval()
+    evaluator = Evaluator(model)
+    batch = Batch(torch.bernoulli(torch.rand(12, 1, 28, 28)))
+    evaluator.validation_batch(model, batch)
+    assert set(evaluator.validation_end()) == {"active_units"}  # no anomaly targets: no threshold
+    logged = evaluator.test_batch(model, batch)
+    assert "nll" in logged and "auroc" not in logged
+    assert torch.isfinite(logged["nll"].compute())
+    gaussian = VAE(latent_dim=3, hidden_dims=[16])  # known only up to a constant: no NLL
+    assert "nll" not in Evaluator(gaussian).test_batch(gaussian, batch)
