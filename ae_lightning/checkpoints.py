@@ -3,7 +3,7 @@
 
 Every checkpoint this package opens goes through `read_checkpoint`: the CLI's check of `--ckpt_path`
 (`last` included), Lightning's own loading at fit/validate/test/predict (through `SafeCheckpointIO`, which
-the CLI installs) and `AutoencoderBase.load_from_checkpoint`.
+the CLI installs) and `AutoencoderModule.load_from_checkpoint` (models/checkpointing.py).
 """
 
 import io

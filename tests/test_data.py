@@ -233,3 +233,18 @@ def test_a_validation_set_as_large_as_the_training_file_is_refused(data_dir: Pat
     datamodule = MNISTDataModule(data_dir=data_dir, val_size=NUM_TRAIN)
     with pytest.raises(ConfigError, match=f"leaves no training images: the training file holds {NUM_TRAIN}"):
         datamodule.setup("fit")
+
+
+def test_a_batch_is_the_same_whether_collated_item_by_item_or_indexed_whole(data_dir: Path) -> None:
+    """The DataLoader path collates items, the resident path indexes the dataset with a tensor: one Batch."""
+    from ae_lightning.batch import Batch
+
+    dataset = ready(data_dir, normal_classes=[3, 5]).datasets["test"]
+    rows = torch.tensor([4, 0, 17, 9])
+    whole, collated = dataset[rows], Batch.collate([dataset[int(i)] for i in rows])
+    for name in ("images", "labels", "is_anomaly", "index"):
+        assert torch.equal(getattr(whole, name), getattr(collated, name)), name
+    assert torch.equal(whole.index, rows) and len(whole) == 4
+    moved = whole.to("cpu", torch.float64)
+    assert moved.images.dtype == torch.float64 and moved.labels.dtype == whole.labels.dtype  # images only
+    assert Batch.collate([whole, whole]).images.shape == (8, 1, 28, 28)  # batches are concatenated
