@@ -65,3 +65,26 @@ def test_fits_writes_a_grid_and_reloads_from_its_checkpoint(cls, extra, data_dir
     batch = fixed_batch(count=6)
     given = tensor_inputs(torch_model, batch)
     torch.testing.assert_close(reloaded(batch.images, *given), model(batch.images, *given))
+
+
+def test_a_module_and_datamodule_given_the_same_range_as_tuples_fit_with_a_logger(data_dir, tmp_path) -> None:
+    """Lightning refuses hyperparameters that differ between module and datamodule: both hold the shape and
+    range as lists, whatever the Python caller passed."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ae_lightning.data import MNISTDataModule
+    from ae_lightning.models import VAE
+    from tests.conftest import VAL_SIZE
+
+    model = VAE(latent_dim=4, hidden_dims=[16], value_range=(-1, 1), image_shape=(1, 28, 28))
+    datamodule = MNISTDataModule(
+        data_dir=str(data_dir), val_size=VAL_SIZE, batch_size=16, value_range=(-1, 1)
+    )
+    trainer = Trainer(
+        logger=CSVLogger(tmp_path), max_steps=2, limit_val_batches=1, accelerator="cpu",
+        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule)
+    assert model.hparams["value_range"] == [-1.0, 1.0] and model.hparams["image_shape"] == [1, 28, 28]
+    assert trainer.global_step == 2

@@ -49,11 +49,10 @@ class AutoencoderModule(CheckpointState, LightningModule):
         super().__init__()
         self.steps_per_call = multistep.check_steps_per_call(steps_per_call)
         self.model = self.build_autoencoder(**model_args)
+        # saved as lists, the form YAML and the datamodule's hparams hold (Lightning requires equal values);
+        # save_hyperparameters reads `model_args` from this frame
+        model_args.update(image_shape=list(self.model.image_shape), value_range=list(self.model.value_range))
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", *self.model.evaluation_arguments])
-        # lists, as YAML and the datamodule's hparams hold them (Lightning requires the two to be equal)
-        self.hparams.update(
-            image_shape=list(self.model.image_shape), value_range=list(self.model.value_range)
-        )
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         # K steps per call are taken by the module itself (Lightning's "manual optimization")
