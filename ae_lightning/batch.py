@@ -14,16 +14,18 @@ class Batch:
     Lightning moves a Batch to the device whole (it maps over dataclass fields).
 
     Attributes:
-        images: (B, C, H, W) floats in the data's value range.
+        images: (B, C, H, W) floats in the data's value range; for vector data (points in R^D), (B, D).
         labels: (B,) integer class labels, when the data has them.
         is_anomaly: (B,) bool one-class targets (True: not a normal class), in the one-class protocol.
         index: (B,) int64 position of each item in its dataset (predictions are written in that order).
+        coordinates: (B, k) the true coordinates of points sampled on a k-dimensional manifold.
     """
 
     images: Tensor
     labels: Tensor | None = None
     is_anomaly: Tensor | None = None
     index: Tensor | None = None
+    coordinates: Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -42,10 +44,11 @@ class Batch:
 
     @staticmethod
     def collate(items: Sequence["Batch"]) -> "Batch":
-        """Stacks unbatched items (a DataLoader's `collate_fn`), or concatenates batches."""
-        stack = torch.stack if items[0].images.ndim == 3 else torch.cat
+        """Stacks unbatched items into a batch (a DataLoader's `collate_fn`)."""
         joined = {}
         for field in fields(Batch):
             values = [getattr(item, field.name) for item in items]
-            joined[field.name] = None if values[0] is None else stack([torch.as_tensor(v) for v in values])
+            joined[field.name] = (
+                None if values[0] is None else torch.stack([torch.as_tensor(v) for v in values])
+            )
         return Batch(**joined)

@@ -89,6 +89,15 @@ def tiny(data_dir: Path) -> list[str]:
     ]
 
 
+def tiny_for(config: Path, data_dir: Path) -> list[str]:
+    """`tiny` for a config on MNIST; for a manifold config, a few hundred points and the same settings."""
+    if "ae_lightning.data.ManifoldDataModule" not in config.read_text():
+        return tiny(data_dir)
+    points = ["--data.num_points=600", "--data.val_size=100", "--data.test_size=100"]
+    mnist_only = ("--data.data_dir", "--data.val")
+    return [*points, *[flag for flag in tiny(data_dir) if not flag.startswith(mnist_only)]]
+
+
 @pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Runs the test in an empty folder, so `runs/` lands there as it would for a user."""

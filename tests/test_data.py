@@ -247,4 +247,3 @@ def test_a_batch_is_the_same_whether_collated_item_by_item_or_indexed_whole(data
     assert torch.equal(whole.index, rows) and len(whole) == 4
     moved = whole.to("cpu", torch.float64)
     assert moved.images.dtype == torch.float64 and moved.labels.dtype == whole.labels.dtype  # images only
-    assert Batch.collate([whole, whole]).images.shape == (8, 1, 28, 28)  # batches are concatenated

@@ -19,7 +19,7 @@ from ae_lightning.callbacks import ProgressBar
 from ae_lightning.cli import main
 from ae_lightning.data import MNISTDataModule
 from ae_lightning.data.samplers import ResidentBatches
-from tests.conftest import CONFIGS, NUM_TRAIN, REPO, VAL_SIZE, run_folder, tiny
+from tests.conftest import CONFIGS, NUM_TRAIN, REPO, VAL_SIZE, run_folder, tiny, tiny_for
 
 TRAIN_SIZE = NUM_TRAIN - VAL_SIZE
 
@@ -279,12 +279,15 @@ def test_the_benchmark_runs_on_a_tiny_setting(data_dir: Path, tmp_path: Path) ->
 
 @pytest.mark.parametrize("config", [path.stem for path in sorted(CONFIGS.glob("*.yaml"))])
 def test_every_config_trains_k_steps_per_call(config: str, data_dir: Path, in_tmp: Path) -> None:
-    fitted = main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), *tiny(data_dir),
-                   "--model.steps_per_call=2", "--trainer.max_epochs=10",
-                   "--trainer.max_steps=3"])  # fmt: skip
+    path = CONFIGS / f"{config}.yaml"
+    fitted = main(["fit", "--config", str(path), *tiny_for(path, data_dir), "--model.steps_per_call=2",
+                   "--trainer.max_epochs=10", "--trainer.max_steps=3"])  # fmt: skip
     assert fitted.trainer.global_step == 3  # (a one-class config trains on a single batch an epoch)
     assert torch.isfinite(fitted.trainer.callback_metrics["train/loss"])
-    assert (run_folder(in_tmp, config) / "checkpoints" / "last.png").is_file()
+    checkpoints = run_folder(in_tmp, config) / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()
+    images = len(fitted.model.model.image_shape) == 3
+    assert (checkpoints / "last.png").is_file() == images  # points get no grid
 
 
 def test_k_steps_per_call_warn_in_optimizer_steps_and_leave_no_warnings_filter(

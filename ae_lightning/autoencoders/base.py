@@ -1,5 +1,6 @@
 """The base of every autoencoder: its networks, its likelihood and the interface the framework uses."""
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -31,7 +32,8 @@ class Autoencoder(nn.Module):
             side; the decoder mirrors them. Default: [400] for mlp, [32, 64] for conv.
         likelihood: `gaussian` (reconstruction term = summed squared error) or `bernoulli` (binary
             cross-entropy with logits; needs data in [0, 1]).
-        image_shape: (C, H, W) of the images; the CLI takes it from the datamodule.
+        image_shape: (C, H, W) of the images, or (D,) of vector data (MLP only); the CLI takes it from the
+            datamodule.
         value_range: range of the data, [-1, 1] or [0, 1]; the CLI takes it from the datamodule. It picks
             the output activation of the gaussian decoder (tanh or sigmoid).
     """
@@ -63,8 +65,15 @@ class Autoencoder(nn.Module):
             )
         value_range = check_value_range(value_range)
         image_shape = tuple(int(size) for size in image_shape)
-        if len(image_shape) != 3 or min(image_shape) < 1:
-            raise ConfigError(f"image_shape must be (channels, height, width), got {list(image_shape)}")
+        if len(image_shape) not in (1, 3) or min(image_shape) < 1:
+            raise ConfigError(
+                f"image_shape must be (channels, height, width), or (D,) for vectors, got {list(image_shape)}"
+            )
+        if len(image_shape) == 1 and backbone == "conv":
+            raise ConfigError(
+                f"the conv backbone needs images (C, H, W), but the data are vectors of {image_shape[0]} "
+                "numbers: use --model.backbone mlp"
+            )
         if likelihood == "bernoulli" and value_range != (0.0, 1.0):
             raise ConfigError(
                 f"likelihood 'bernoulli' models data in [0, 1], but the data is in {list(value_range)}: "
@@ -75,7 +84,7 @@ class Autoencoder(nn.Module):
         self.backbone = backbone
         self.hidden_dims = tuple(hidden_dims)
         self.likelihood = likelihood
-        self.image_shape: tuple[int, int, int] = image_shape  # type: ignore[assignment]
+        self.image_shape: tuple[int, ...] = image_shape
         self.value_range: tuple[float, float] = value_range
         self.step = 0  # optimizer steps taken: the training loop sets it
         self.encoder, self.decoder = self.build_networks()
@@ -177,7 +186,7 @@ class AE(Autoencoder):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        input_dim = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+        input_dim = math.prod(self.image_shape)
         if self.latent_dim >= input_dim:
             raise ConfigError(
                 f"AE needs latent_dim < the input size {input_dim} ({'x'.join(map(str, self.image_shape))}), "

@@ -48,7 +48,11 @@ class DenoisingAE(Autoencoder, Denoising):
         for name, prob in (("mask_prob", mask_prob), ("salt_pepper_prob", salt_pepper_prob)):
             if not 0 <= prob < 1:
                 raise ConfigError(f"{name} must be a probability in [0, 1), got {prob}")
-        if not 0 <= shift_pixels < min(self.image_shape[1:]):
+        if shift_pixels and len(self.image_shape) != 3:
+            raise ConfigError(
+                "shift_pixels moves images: vector data take noise_std, mask_prob or salt_pepper_prob"
+            )
+        if len(self.image_shape) == 3 and not 0 <= shift_pixels < min(self.image_shape[1:]):
             raise ConfigError(
                 f"shift_pixels must be a number of pixels in [0, {min(self.image_shape[1:])}) for images of "
                 f"{self.image_shape[1]}x{self.image_shape[2]}, got {shift_pixels}"

@@ -133,7 +133,8 @@ class VAE(Autoencoder, Generative, LogLikelihood):
             count = min(chunk_size, num_samples - start)
             z = posterior.rsample((count,))  # (count, B, D)
             decoder_output = decode_raw(z.flatten(0, 1))  # (count * B, C, H, W)
-            recon = self.reconstruction_loss(decoder_output, x.repeat(count, 1, 1, 1)).view(count, -1)
+            targets = x.repeat(count, *[1] * (x.ndim - 1))  # (count * B, ...) as the outputs
+            recon = self.reconstruction_loss(decoder_output, targets).view(count, -1)
             log_prior = Normal(0.0, 1.0).log_prob(z.float()).sum(-1)
             log_posterior = posterior.log_prob(z).float().sum(-1)
             log_weights.append(-recon + log_prior - log_posterior)

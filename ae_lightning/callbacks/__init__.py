@@ -1,6 +1,7 @@
 """Lightning callbacks."""
 
 from ae_lightning.callbacks.feature_quality import FeatureQuality
+from ae_lightning.callbacks.manifold_report import ManifoldReport
 from ae_lightning.callbacks.nonfinite import NonFiniteLossCheck
 from ae_lightning.callbacks.prediction_writer import PredictionWriter
 from ae_lightning.callbacks.preemption import PreemptionCheckpoint
@@ -11,6 +12,7 @@ from ae_lightning.callbacks.test_pictures import TestPictures
 
 __all__ = [
     "FeatureQuality",
+    "ManifoldReport",
     "NonFiniteLossCheck",
     "PredictionWriter",
     "PreemptionCheckpoint",

@@ -22,7 +22,8 @@ class SampleGridCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that writes, next to each checkpoint `X.ckpt`, a PNG grid `X.png` (`SampleGrid`: fixed
     validation images above their reconstructions, and samples of generative models), also handed to the
     attached loggers that take images. Written on global rank zero only; a grid goes when its checkpoint is
-    removed. (`PreemptionCheckpoint`, which the CLI adds, saves `last.ckpt` and its grid on SIGTERM.)
+    removed. Data that are not images (points of a `ManifoldDataModule`) get checkpoints without grids.
+    (`PreemptionCheckpoint`, which the CLI adds, saves `last.ckpt` and its grid on SIGTERM.)
 
     Lightning has no public hook for "a checkpoint file was written, removed or linked": the three private
     methods it calls for that are overridden here, and only here (tests/test_callbacks.py pins them).
@@ -78,6 +79,8 @@ class SampleGridCheckpoint(ModelCheckpoint):
     def write_grid(self, trainer: "pl.Trainer", path: str) -> None:
         """Writes the grid of the current weights to `path` (atomically), once per step: a second checkpoint
         of the same step (`last.ckpt` beside a top-k one) gets a copy."""
+        if len(autoencoder_of(trainer.lightning_module).image_shape) != 3:
+            return  # vectors: no picture to draw
         step = trainer.global_step
         if self._last_grid is not None and self._last_grid[0] == step and Path(self._last_grid[1]).is_file():
             with atomic_write(path) as file:

@@ -175,7 +175,8 @@ class TestPictures(Callback):
         """The pictures that apply, by name, each (3, H, W) in [0, 1]."""
         pictures: dict[str, Tensor] = {}
         images, latents = data["images"], data["latents"]
-        if isinstance(model, Generative) and not isinstance(model, Conditional) and len(images) >= 2:
+        drawable = images.ndim == 4 and len(images) >= 2  # images, not vectors
+        if isinstance(model, Generative) and not isinstance(model, Conditional) and drawable:
             pictures["interpolation"] = self.interpolation(model, images, latents)
         if latents.shape[1] == 2 and "labels" in data:
             pictures["latent_scatter"] = scatter_image(latents, data["labels"])

@@ -37,7 +37,10 @@ class Evaluator(nn.Module):
         self.one_class = OneClassMetrics()
         self.mse = MeanSquaredError()
         self.psnr = PeakSignalNoiseRatio(data_range=high - low)
-        self.ssim = StructuralSimilarityIndexMeasure(data_range=high - low)
+        # structural similarity compares image windows: images only
+        self.ssim = (
+            StructuralSimilarityIndexMeasure(data_range=high - low) if len(model.image_shape) == 3 else None
+        )
         self.nll = MeanMetric()
         self.statistics = nn.ModuleDict(model.evaluation_metrics())
         self.threshold: float | None = None
@@ -75,8 +78,10 @@ class Evaluator(nn.Module):
         reconstruction = model.reconstruct(batch).float()
         self.mse.update(reconstruction, x)
         self.psnr.update(reconstruction, x)
-        self.ssim.update(reconstruction, x)
-        logged: dict[str, Any] = {"mse": self.mse, "psnr": self.psnr, "ssim": self.ssim}
+        logged: dict[str, Any] = {"mse": self.mse, "psnr": self.psnr}
+        if self.ssim is not None:
+            self.ssim.update(reconstruction, x)
+            logged["ssim"] = self.ssim
         if isinstance(model, LogLikelihood) and model.reports_likelihood():
             self.nll.update(model.negative_log_likelihood(batch, model.nll_samples))
             logged["nll"] = self.nll

@@ -26,11 +26,11 @@ class OneHotConditionedEncoder(nn.Module):
         num_classes: int,
     ) -> None:
         super().__init__()
-        channels, height, width = image_shape
         self.backbone = backbone
         if backbone == "mlp":
             self.net: nn.Module = MLPEncoder((prod(image_shape) + num_classes,), hidden_dims, out_dim)
         else:
+            channels, height, width = image_shape
             self.net = ConvEncoder((channels + num_classes, height, width), hidden_dims, out_dim)
 
     def forward(self, x: Tensor, one_hot: Tensor) -> Tensor:
