@@ -14,7 +14,7 @@ from torchvision.utils import save_image
 
 from ae_lightning.autoencoders import Autoencoder
 from ae_lightning.batch import Batch
-from ae_lightning.callbacks.gather import gather_shares
+from ae_lightning.callbacks.gather import Collected
 from ae_lightning.callbacks.images import autoencoder_of, log_image
 from ae_lightning.callbacks.run_config import run_folder
 from ae_lightning.callbacks.test_pictures import to_tensor
@@ -83,10 +83,10 @@ class ManifoldReport(Callback):
 
     def __init__(self, sweep: int = 300) -> None:
         self.sweep = sweep
-        self._parts: dict[str, list[Tensor]] = {}
+        self._collected = Collected()
 
     def on_test_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._parts = {}
+        self._collected = Collected()
 
     @torch.no_grad()
     def on_test_batch_end(
@@ -107,19 +107,15 @@ class ManifoldReport(Callback):
             "reconstructions": model.reconstruct(batch),
             "coordinates": batch.coordinates,
         }
-        for name, value in parts.items():
-            self._parts.setdefault(name, []).append(value.detach().float().cpu())
+        self._collected.add(parts)
 
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         datamodule = trainer.datamodule
-        local = {name: torch.cat(values) for name, values in self._parts.items()}
-        self._parts = {}
-        shares = [share for share in gather_shares(trainer, local) if share]
+        data = self._collected.gather(trainer)
         folder = Path(run_folder(trainer))  # collective: every rank calls it
-        if not isinstance(datamodule, ManifoldDataModule) or not shares:
+        if not isinstance(datamodule, ManifoldDataModule) or not data:
             rank_zero_warn("ManifoldReport: the test data are not a ManifoldDataModule's; nothing to report")
             return
-        data = {name: torch.cat([share[name] for share in shares]) for name in shares[0]}
         manifold = datamodule.manifold
         metrics = projection_quality(data["codes"], data["coordinates"])
         input_distance = manifold.distance(data["inputs"]).mean().item()

@@ -14,7 +14,7 @@ from torchvision.utils import make_grid, save_image
 
 from ae_lightning.autoencoders import Autoencoder, Conditional, Generative
 from ae_lightning.batch import Batch
-from ae_lightning.callbacks.gather import gather_shares
+from ae_lightning.callbacks.gather import Collected
 from ae_lightning.callbacks.grid import stack_blocks
 from ae_lightning.callbacks.images import autoencoder_of, log_image
 from ae_lightning.callbacks.run_config import run_folder
@@ -119,11 +119,11 @@ class TestPictures(Callback):
         self.num_pairs = num_pairs
         self.steps = steps
         self.num_extremes = num_extremes
-        self._parts: dict[str, list[Tensor]] = {}
+        self._collected = Collected()
         self.written: list[Path] = []
 
     def on_test_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._parts = {}
+        self._collected = Collected()
 
     @torch.no_grad()
     def on_test_batch_end(
@@ -142,20 +142,13 @@ class TestPictures(Callback):
         if batch.is_anomaly is not None:
             parts["is_anomaly"] = batch.is_anomaly
             parts["scores"] = model.anomaly_score(batch)
-        for name, value in parts.items():
-            self._parts.setdefault(name, []).append(value.detach().float().cpu())
+        self._collected.add(parts)
 
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        local = {name: torch.cat(values) for name, values in self._parts.items()}
-        self._parts = {}
-        shares = gather_shares(trainer, local)
+        gathered = self._collected.gather(trainer)
         folder = Path(run_folder(trainer))  # collective: every rank calls it
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or not gathered:
             return
-        shares = [share for share in shares if share]
-        if not shares:
-            return
-        gathered = {name: torch.cat([share[name] for share in shares]) for name in shares[0]}
         pictures = self.draw(autoencoder_of(pl_module), gathered, pl_module.anomaly_threshold)
         folder.mkdir(parents=True, exist_ok=True)
         self.written = []

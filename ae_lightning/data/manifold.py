@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ae_lightning.batch import Batch
-from ae_lightning.data.samplers import ResidentBatches, ResumableLoader, shuffle_seed
+from ae_lightning.data.samplers import ResumableLoader, resident_batches
 from ae_lightning.errors import ConfigError
 from ae_lightning.multistep import check_steps_per_call
 
@@ -212,18 +212,10 @@ class ManifoldDataModule(LightningDataModule):
             self.datasets[split] = PointDataset(points[rows].float(), coordinates[rows].float())
 
     def _loader(self, split: Split) -> DataLoader:
-        trainer = self.trainer
-        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         train = split == "train"
-        batches = ResidentBatches(
-            self.datasets[split],
-            batch_size=self.hparams.batch_size,
-            num_replicas=world_size,
-            rank=rank,
-            shuffle=train,
-            seed=shuffle_seed(self.hparams.split_seed),
-            even_shares=train,
-            steps_per_call=self.hparams.steps_per_call if train else 1,
+        hp = self.hparams
+        batches = resident_batches(
+            self.datasets[split], self.trainer, hp.batch_size, hp.split_seed, train, hp.steps_per_call
         )
         loader_class = ResumableLoader if train else DataLoader
         generator = torch.Generator().manual_seed(self.hparams.split_seed)

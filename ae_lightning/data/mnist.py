@@ -15,7 +15,13 @@ from ae_lightning.batch import Batch
 from ae_lightning.data.archives import extract_archives
 from ae_lightning.data.datasets import ImageTensorDataset, binarize_once
 from ae_lightning.data.idx import check_split
-from ae_lightning.data.samplers import ResidentBatches, ResumableLoader, TrainingOrder, shuffle_seed
+from ae_lightning.data.samplers import (
+    ResidentBatches,
+    ResumableLoader,
+    TrainingOrder,
+    resident_batches,
+    shuffle_seed,
+)
 from ae_lightning.errors import ConfigError, DataError
 from ae_lightning.multistep import check_steps_per_call
 from ae_lightning.value_range import check_value_range
@@ -244,18 +250,13 @@ class MNISTDataModule(LightningDataModule):
 
     def _batches(self, split: Split) -> ResidentBatches:
         """The resident path's sampler: the same order and DDP shares as the DataLoader path's."""
-        trainer = self.trainer
-        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        train = split == "train"
-        return ResidentBatches(
+        return resident_batches(
             self.datasets[split],
-            batch_size=self.batch_size,
-            num_replicas=world_size,
-            rank=rank,
-            shuffle=train,
-            seed=shuffle_seed(self.hparams.split_seed),
-            even_shares=train,
-            steps_per_call=self.hparams.steps_per_call if train else 1,
+            self.trainer,
+            self.batch_size,
+            self.hparams.split_seed,
+            train=split == "train",
+            steps_per_call=self.hparams.steps_per_call,
         )
 
     def _sampler(self, split: Split) -> Sampler[int] | None:

@@ -107,6 +107,25 @@ class ResidentBatches(TrainingOrder):
         return calls(-(-super().__len__() // self.batch_size), self.steps_per_call)
 
 
+def resident_batches(
+    dataset: Sized, trainer: Any, batch_size: int, split_seed: int, train: bool, steps_per_call: int = 1
+) -> ResidentBatches:
+    """The resident path's sampler of a split: this rank's share (of `trainer`'s world, one process without
+    a trainer); training shuffled by (seed, epoch), in even shares and K batches per item; evaluation in
+    order, no item repeated."""
+    world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    return ResidentBatches(
+        dataset,
+        batch_size=batch_size,
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=train,
+        seed=shuffle_seed(split_seed),
+        even_shares=train,
+        steps_per_call=steps_per_call if train else 1,
+    )
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader over a `TrainingOrder` that can be saved in the middle of an epoch and resumed there.
 
