@@ -24,11 +24,16 @@ _REASONS = {
 WRITE_ERRNOS = frozenset(_REASONS)
 
 
+def write_failure(err: OSError) -> str:
+    """What an OSError of a write means, in a few words ("the disk is full")."""
+    return _REASONS.get(err.errno or 0, (" ".join(str(err.strerror or err).split()), ""))[0]
+
+
 def write_error(err: OSError, path: str | Path | None, folder: str | Path | None = None) -> WriteError:
     """The one-line error for a failed write of the file `path` (or, when it is unknown, of a file in
     `folder`): what went wrong, where, and what to do. Checkpoints and pictures are written atomically, so
     none is left partial."""
-    reason, remedy = _REASONS.get(err.errno or 0, (" ".join(str(err.strerror or err).split()), _FULL))
+    reason, remedy = write_failure(err), _REASONS.get(err.errno or 0, ("", _FULL))[1]
     if path is not None:
         where = f"{Path(path).name} into {Path(path).parent}"
     else:

@@ -44,10 +44,16 @@ def write_tiny_dataset(root: Path, name: str = "MNIST") -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data folder holding tiny MNIST, FashionMNIST and KMNIST (read-only use: copy before damaging)."""
+    """A data folder holding tiny MNIST, FashionMNIST, KMNIST and CIFAR-10, and two folders of image files:
+    `images/` (class folders) and `inspection/` (the one-class layout). Read-only: copy before damaging."""
+    from tests.images import write_class_folder, write_one_class_folder, write_tiny_cifar
+
     root = tmp_path_factory.mktemp("data")
     for name in ("MNIST", "FashionMNIST", "KMNIST"):
         write_tiny_dataset(root, name)
+    write_class_folder(root / "images")
+    write_one_class_folder(root / "inspection")
+    write_tiny_cifar(root)
     return root
 
 
@@ -89,9 +95,26 @@ def tiny(data_dir: Path) -> list[str]:
     ]
 
 
+def tiny_folder(root: Path, cache_dir: Path) -> list[str]:
+    """`tiny` for a config on a folder of images: the folder, a cache, 32x32 images, decoded in process."""
+    mnist_only = ("--data.data_dir", "--data.val")
+    return [
+        f"--data.root={root}",
+        f"--data.cache_dir={cache_dir}",
+        "--data.image_size=32",
+        "--data.decode_workers=0",
+        *[flag for flag in tiny(root) if not flag.startswith(mnist_only)],
+    ]
+
+
 def tiny_for(config: Path, data_dir: Path) -> list[str]:
-    """`tiny` for a config on MNIST; for a manifold config, a few hundred points and the same settings."""
-    if "ae_lightning.data.ManifoldDataModule" not in config.read_text():
+    """`tiny` for a config on MNIST; for a manifold config, a few hundred points and the same settings; for
+    a folder config, the tiny image folder of its layout."""
+    text = config.read_text()
+    if "ae_lightning.data.ImageFolderDataModule" in text:
+        folder = "inspection" if "one_class" in text else "images"
+        return tiny_folder(data_dir / folder, data_dir / "cache")
+    if "ae_lightning.data.ManifoldDataModule" not in text:
         return tiny(data_dir)
     points = ["--data.num_points=600", "--data.val_size=100", "--data.test_size=100"]
     mnist_only = ("--data.data_dir", "--data.val")

@@ -11,7 +11,7 @@ from tests.conftest import linear_shapes
 
 
 @pytest.mark.parametrize("backbone, hidden_dims", [("mlp", [64, 32]), ("mlp", []), ("conv", [8, 16])])
-@pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32), (1, 64, 64), (3, 27, 27)])
+@pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32), (1, 64, 64), (3, 27, 27), (3, 60, 100)])
 def test_encoder_and_decoder_shapes(backbone: str, hidden_dims: list[int], image_shape: tuple) -> None:
     encoder = build_encoder(backbone, image_shape, hidden_dims, out_dim=10)
     decoder = build_decoder(backbone, 5, hidden_dims, image_shape)
@@ -27,9 +27,16 @@ def test_decoder_mirrors_encoder() -> None:
     assert linear_shapes(decoder) == [(20, 100), (100, 400), (400, 784)]
 
 
-def test_conv_backbone_refuses_non_square_images() -> None:
-    with pytest.raises(ValueError, match="square"):
-        build_encoder("conv", (1, 28, 32), [8], out_dim=4)
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [(28, 28), (31, 45), (64, 64), (100, 60), (128, 96), (256, 256)])
+def test_conv_backbone_takes_any_size_and_channel_count(channels: int, size: tuple[int, int]) -> None:
+    """Heights and widths from 28 to 256, powers of two and others, square or not, gray or RGB: the decoder
+    lands exactly on the image's shape and the code has latent_dim numbers."""
+    image_shape = (channels, *size)
+    encoder = build_encoder("conv", image_shape, [4, 8, 8], out_dim=6)
+    decoder = build_decoder("conv", 3, [4, 8, 8], image_shape)
+    assert encoder(torch.rand(2, *image_shape)).shape == (2, 6)
+    assert decoder(torch.randn(2, 3)).shape == (2, *image_shape)
 
 
 def test_nets_do_not_import_lightning() -> None:

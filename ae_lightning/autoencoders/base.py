@@ -27,7 +27,7 @@ class Autoencoder(nn.Module):
 
     Args:
         latent_dim: size of the code.
-        backbone: `mlp` (fully connected) or `conv` (stride-2 convolutions, square images).
+        backbone: `mlp` (fully connected) or `conv` (stride-2 convolutions, images of any size).
         hidden_dims: widths of the hidden layers (mlp) or channels of the convolutions (conv), from the image
             side; the decoder mirrors them. Default: [400] for mlp, [32, 64] for conv.
         likelihood: `gaussian` (reconstruction term = summed squared error) or `bernoulli` (binary

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ae_lightning.callbacks.gather import gather_shares
 from ae_lightning.callbacks.run_config import run_folder
+from ae_lightning.data.datasets import ImageTensorDataset
 from ae_lightning.errors import ConfigError
 from ae_lightning.files import atomic_write
 
@@ -39,12 +40,12 @@ def order_by_index(parts: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {key: value[order] for key, value in joined.items()}
 
 
-def write_csv(predictions: dict[str, Tensor], path: Path) -> None:
-    """One row per sample: index, label, anomaly_score, is_anomaly (those present), then latent_0 ..."""
-    scalars = [key for key in ("index", "label", "anomaly_score", "is_anomaly") if key in predictions]
+def write_csv(predictions: dict[str, Tensor | list[str]], path: Path) -> None:
+    """One row per sample: index, path, label, anomaly_score, is_anomaly (those present), then latent_0 ..."""
+    scalars = [key for key in ("index", "path", "label", "anomaly_score", "is_anomaly") if key in predictions]
     latent = predictions["latent"].float().flatten(1)
     header = scalars + [f"latent_{unit}" for unit in range(latent.shape[1])]
-    columns = [predictions[key].tolist() for key in scalars]
+    columns = [list(predictions[key]) if key == "path" else predictions[key].tolist() for key in scalars]
     with atomic_write(path, "w") as file:
         writer = csv.writer(file)
         writer.writerow(header)
@@ -57,7 +58,8 @@ class PredictionWriter(BasePredictionWriter):
 
     `predictions.pt` (always): a dict of tensors `latent` (N, latent_dim; the posterior mean for a VAE),
     `anomaly_score` (N,), `label` (N,) when the dataset has labels, `is_anomaly` (N,) when the model holds an
-    anomaly threshold, and `index` (N,), the position of each row in the predicted dataset. Load it with
+    anomaly threshold, `index` (N,), the position of each row in the predicted dataset, and `path` (a list
+    of N file names) when the images came from files (`ImageFolderDataModule`). Load it with
     `torch.load(path)`. Under DDP each rank predicts a disjoint share; the shares are gathered by index
     and written once, by global rank zero, so the file is the one a single process writes.
 
@@ -97,7 +99,10 @@ class PredictionWriter(BasePredictionWriter):
         parts = gather_shares(trainer, local)
         if not trainer.is_global_zero:
             return
-        merged = order_by_index(parts)
+        merged: dict[str, Any] = order_by_index(parts)
+        dataset = trainer.predict_dataloaders.dataset if trainer.predict_dataloaders is not None else None
+        if isinstance(dataset, ImageTensorDataset) and dataset.paths is not None:
+            merged["path"] = [dataset.paths[i] for i in merged["index"].tolist()]
         folder.mkdir(parents=True, exist_ok=True)
         self.written = [folder / f"{self.filename}.pt"]
         with atomic_write(self.written[0]) as file:
@@ -110,7 +115,7 @@ class PredictionWriter(BasePredictionWriter):
                 import numpy as np
 
                 with atomic_write(path) as file:
-                    np.savez(file, **{key: value.numpy() for key, value in merged.items()})
+                    np.savez(file, **{key: np.asarray(value) for key, value in merged.items()})
             self.written.append(path)
         files = ", ".join(map(str, self.written))
         rank_zero_info(f"Predictions of {len(merged['index'])} samples written to {files}")

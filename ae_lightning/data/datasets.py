@@ -1,4 +1,4 @@
-"""A dataset over images already in memory, scaled to the model's value range as items are read."""
+"""A dataset over uint8 images in memory or memory-mapped, scaled to the value range as items are read."""
 
 import torch
 from torch import Tensor
@@ -8,24 +8,30 @@ from ae_lightning.batch import Batch
 
 
 class ImageTensorDataset(Dataset[Batch]):
-    """Images held as uint8 (N, C, H, W) with labels (N,); item i is a `Batch` of one unbatched image (in
-    `value_range`), its label and its index i.
+    """Images held as uint8 (N, C, H, W) with labels (N,) (None: unlabelled); item i is a `Batch` of one
+    unbatched image (in `value_range`), its label and its index i.
 
     Keeping uint8 and scaling as items are read is 4x lighter than storing floats and skips torchvision's
     per-image PIL round trip. With `binarize`, each read draws a fresh binary image with pixel
     probabilities from the intensities (dynamic binarisation). Indexed by a tensor of B indices it gives a
     whole batch, ((B, C, H, W), (B,)), in a few tensor operations on whatever device it is kept on
     (`to`); indexed by a list of such tensors, a list of batches. With `is_anomaly` (N,) bool (the one-class
-    protocol), items are (image, label, is_anomaly).
+    protocol), items carry it too.
+
+    With `rows` (N,) int64 the items are the rows `rows` of `images`, which may hold more (a memory-mapped
+    array of a whole folder shared by its splits); only the rows a batch asks for are read. `paths` (N,)
+    names the file of each item, for predictions.
     """
 
     def __init__(
         self,
         images: Tensor,
-        labels: Tensor,
+        labels: Tensor | None,
         value_range: tuple[float, float],
         binarize: bool = False,
         is_anomaly: Tensor | None = None,
+        rows: Tensor | None = None,
+        paths: list[str] | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -34,13 +40,24 @@ class ImageTensorDataset(Dataset[Batch]):
         self.low, self.high = value_range
         self.binarize = binarize
         self.is_anomaly = is_anomaly
+        self.rows = rows
+        self.paths = paths
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.images.shape[0] if self.rows is None else len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its images and labels take once on a device."""
+        return len(self) * self.images[0].nbytes + (0 if self.labels is None else self.labels.nbytes)
 
     def to(self, device: torch.device | str) -> "ImageTensorDataset":
-        """Keeps images and labels on `device` (in place); returns self."""
-        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        """Keeps images and labels on `device` (in place; only this dataset's rows); returns self."""
+        if self.rows is not None:
+            self.images, self.rows = self.images[self.rows], None
+        self.images = self.images.to(device)
+        if self.labels is not None:
+            self.labels = self.labels.to(device)
         if self.is_anomaly is not None:
             self.is_anomaly = self.is_anomaly.to(device)
         return self
@@ -52,13 +69,15 @@ class ImageTensorDataset(Dataset[Batch]):
             index = index.to(self.images.device, non_blocking=True)
         else:
             index = torch.tensor(index, device=self.images.device)
-        x = self.images[index].float().div_(255)  # (C, H, W) or (B, C, H, W), in [0, 1]
+        rows = index if self.rows is None else self.rows[index.cpu()]
+        x = self.images[rows].float().div_(255)  # (C, H, W) or (B, C, H, W), in [0, 1]
         if self.binarize:
             x = torch.bernoulli(x)
         if (self.low, self.high) != (0.0, 1.0):
             x = x.mul_(self.high - self.low).add_(self.low)
         is_anomaly = None if self.is_anomaly is None else self.is_anomaly[index]
-        return Batch(x, self.labels[index], is_anomaly, index)
+        labels = None if self.labels is None else self.labels[index]
+        return Batch(x, labels, is_anomaly, index)
 
 
 def binarize_once(images: Tensor, seed: int) -> Tensor:

@@ -1,16 +1,9 @@
-"""Convolutional encoder and decoder for square images with 1 or 3 channels (28x28, 32x32, 64x64, ...)."""
+"""Convolutional encoder and decoder for images of any height, width and channel count (28x28 gray,
+32x32 or 64x64 RGB, 100x60, 256x256, ...)."""
 
 from collections.abc import Sequence
 
 from torch import Tensor, nn
-
-
-def _check_square(image_shape: Sequence[int]) -> tuple[int, int]:
-    """Returns (channels, side) of a (C, H, W) shape, refusing shapes the conv nets cannot take."""
-    channels, height, width = image_shape
-    if height != width:
-        raise ValueError(f"the convolutional backbone takes square images, got {height}x{width}")
-    return channels, height
 
 
 def downsampled_sides(side: int, levels: int) -> list[int]:
@@ -21,20 +14,24 @@ def downsampled_sides(side: int, levels: int) -> list[int]:
     return sides
 
 
+def feature_map_sizes(image_shape: Sequence[int], levels: int) -> list[tuple[int, int]]:
+    """(height, width) of the image and after each of `levels` stride-2 convolutions."""
+    _, height, width = image_shape
+    return list(zip(downsampled_sides(height, levels), downsampled_sides(width, levels), strict=True))
+
+
 class ConvEncoder(nn.Module):
     """Stride-2 convolutions with ReLU (each halves the side), then a linear map to `out_dim` values."""
 
     def __init__(self, image_shape: Sequence[int], channels: Sequence[int], out_dim: int) -> None:
         super().__init__()
-        in_channels, side = _check_square(image_shape)
+        in_channels = image_shape[0]
         layers: list[nn.Module] = []
         for out_channels in channels:
             layers += [nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1), nn.ReLU()]
             in_channels = out_channels
-        final_side = downsampled_sides(side, len(channels))[-1]
-        self.net = nn.Sequential(
-            *layers, nn.Flatten(), nn.Linear(in_channels * final_side * final_side, out_dim)
-        )
+        height, width = feature_map_sizes(image_shape, len(channels))[-1]
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(in_channels * height * width, out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, out_dim)."""
@@ -50,18 +47,20 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, latent_dim: int, channels: Sequence[int], image_shape: Sequence[int]) -> None:
         super().__init__()
-        image_channels, side = _check_square(image_shape)
-        # the encoder's sides, smallest first: each transposed conv must land exactly on the next one
-        sides = downsampled_sides(side, len(channels))[::-1]
+        image_channels = image_shape[0]
+        # the encoder's feature map sizes, smallest first: each transposed conv must land exactly on the next
+        sizes = feature_map_sizes(image_shape, len(channels))[::-1]
         layers: list[nn.Module] = [
-            nn.Linear(latent_dim, channels[0] * sides[0] * sides[0]),
+            nn.Linear(latent_dim, channels[0] * sizes[0][0] * sizes[0][1]),
             nn.ReLU(),
-            nn.Unflatten(1, (channels[0], sides[0], sides[0])),
+            nn.Unflatten(1, (channels[0], *sizes[0])),
         ]
         out_channels_per_level = [*channels[1:], image_channels]
         for level, (in_ch, out_ch) in enumerate(zip(channels, out_channels_per_level, strict=True)):
-            # a transposed conv (k=3, s=2, p=1) gives 2*side - 1 + output_padding
-            output_padding = sides[level + 1] - (2 * sides[level] - 1)
+            # a transposed conv (k=3, s=2, p=1) gives 2*side - 1 + output_padding, per dimension
+            output_padding = tuple(
+                after - (2 * before - 1) for before, after in zip(sizes[level], sizes[level + 1], strict=True)
+            )
             layers.append(
                 nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=1, output_padding=output_padding)
             )
