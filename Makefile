@@ -1,5 +1,5 @@
 # `make fit` and `make test` set up what they need: a virtual environment (.venv, or the one already
-# active) with the package and its dev tools installed, re-installed when pyproject.toml changes.
+# active) with the package, its dev tools and the export extra, re-installed when pyproject.toml changes.
 PYTHON ?= python3
 VENV ?= $(or $(VIRTUAL_ENV),.venv)
 BIN := $(VENV)/bin
@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(if $(TORCH_INDEX),$(BIN)/python -m pip install torch torchvision --index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[dev,export]"
 	touch $(STAMP)
 
 fit: install  ## train the reference VAE (or CONFIG=configs/ae.yaml; extra flags in ARGS="...")

@@ -1,6 +1,14 @@
-"""Train, validate, test or predict with an autoencoder: `python cli.py fit --config configs/vae.yaml`."""
+"""Train, validate, test, predict or export an autoencoder (`python cli.py fit --config configs/vae.yaml`), or
+score images with an exported one (`python cli.py score --model exported/ --input images/`)."""
 
-from ae_lightning.cli import main
+import sys
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["score"]:  # no Lightning: the exported graphs and the images only
+        from ae_lightning.export.score import main as score
+
+        score(sys.argv[2:])
+    else:
+        from ae_lightning.cli import main
+
+        main()

@@ -29,6 +29,7 @@ from ae_lightning.callbacks import (
 )
 from ae_lightning.checkpoints import SafeCheckpointIO, check_checkpoint
 from ae_lightning.errors import CheckpointError, ConfigError, TrainingError
+from ae_lightning.export.trainer import AutoencoderTrainer
 from ae_lightning.failures import Quiet, user_error
 from ae_lightning.files import write_error
 from ae_lightning.models import AutoencoderModule
@@ -94,9 +95,10 @@ class AutoencoderCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        """Lightning's subcommands, without their `weights_only` argument: checkpoints are always read as
-        data only (`checkpoints.SafeCheckpointIO`)."""
-        return {name: {*skipped, "weights_only"} for name, skipped in LightningCLI.subcommands().items()}
+        """Lightning's subcommands, without their `weights_only` argument (checkpoints are always read as
+        data only: `checkpoints.SafeCheckpointIO`), and `export` (`export.AutoencoderTrainer.export`)."""
+        commands = {name: {*skipped, "weights_only"} for name, skipped in LightningCLI.subcommands().items()}
+        return {**commands, "export": {"model", "datamodule"}}
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
@@ -160,7 +162,8 @@ class AutoencoderCLI(LightningCLI):
         """A new run of a TensorBoard or CSV logger takes its `version_<n>` folder now, atomically (on
         global rank zero; the other ranks write nothing)."""
         subcommand = self.config.get("subcommand")
-        if subcommand and rank_zero_only.rank == 0:
+        # an export writes its own folder (--output), not a run
+        if subcommand and subcommand != "export" and rank_zero_only.rank == 0:
             self.state.new_run_folder = NewRunFolder(self.config[subcommand].trainer)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -223,6 +226,7 @@ def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
             cli = AutoencoderCLI(
                 AutoencoderModule,
                 LightningDataModule,
+                trainer_class=AutoencoderTrainer,
                 subclass_mode_model=True,
                 subclass_mode_data=True,
                 auto_configure_optimizers=False,  # the model takes its optimizer as an argument

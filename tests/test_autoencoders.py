@@ -148,6 +148,10 @@ def test_vae_anomaly_score_is_negative_elbo() -> None:
     terms = [model.loss_terms(batch) for _ in range(200)]
     neg_elbo = torch.stack([t["recon"] + t["kl"] for t in terms]).mean(0)
     torch.testing.assert_close(score, neg_elbo, rtol=0.02, atol=0.0)
+    # fixed draws: the same score every time, and an image's score does not depend on its batch
+    torch.testing.assert_close(model.anomaly_score(batch), model.anomaly_score(batch))
+    alone = model.anomaly_score(batch.with_images(batch.images[:1]))
+    torch.testing.assert_close(alone, model.anomaly_score(batch)[:1])
 
 
 def test_vae_samples_from_the_prior_repeatably() -> None:

@@ -57,7 +57,9 @@ class ConditionalVAE(VAE, Conditional):
     def one_hot(self, labels: Tensor) -> Tensor:
         """(B,) integer labels -> (B, num_classes) one-hot rows in the model's dtype."""
         labels = labels.long()
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+        # an exported graph cannot hold this check (its scorer documents the range instead)
+        tracing = torch.compiler.is_exporting() or torch.jit.is_tracing()
+        if not tracing and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ConfigError(
                 f"labels must lie in [0, {self.num_classes}), got values from {labels.min().item()} to "
                 f"{labels.max().item()}: set --model.num_classes to the number of classes of the data"
@@ -92,7 +94,7 @@ class ConditionalVAE(VAE, Conditional):
         labels = self.labels_of(batch)
         one_hot = self.one_hot(labels)
         mu, logvar = self.encode(batch.images, labels)
-        return mu, logvar, lambda z: self.decoder(z, one_hot.repeat(len(z) // len(one_hot), 1))
+        return mu, logvar, lambda z: self.decoder(z, one_hot.repeat(z.shape[0] // one_hot.shape[0], 1))
 
     def sample(
         self, num_samples: int, generator: torch.Generator | None = None, labels: Tensor | None = None

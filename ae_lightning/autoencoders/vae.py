@@ -38,6 +38,15 @@ def iwae_bound(log_weights: Tensor) -> Tensor:
     return log_weights.logsumexp(0) - math.log(log_weights.shape[0])
 
 
+#: posterior samples of the anomaly score, and the seed of their fixed noise
+SCORE_SAMPLES, SCORE_NOISE_SEED = 16, 0
+
+
+def score_noise(num_samples: int, latent_dim: int) -> Tensor:
+    """The fixed standard normal draws of the anomaly score, (num_samples, latent_dim)."""
+    return torch.randn(num_samples, latent_dim, generator=torch.Generator().manual_seed(SCORE_NOISE_SEED))
+
+
 def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
     """A sample z = mu + sigma * eps, differentiable in mu and logvar: (B, D)."""
     return mu + (0.5 * logvar).exp() * torch.randn_like(mu)
@@ -79,6 +88,8 @@ class VAE(Autoencoder, Generative, LogLikelihood):
         self.beta = beta
         self.kl_warmup_steps = kl_warmup_steps
         self.nll_samples = nll_samples
+        # moved with the model; not saved (a function of the seed)
+        self.register_buffer("score_noise", score_noise(SCORE_SAMPLES, self.latent_dim), persistent=False)
 
     def encoder_outputs(self) -> int:
         return 2 * self.latent_dim
@@ -152,16 +163,15 @@ class VAE(Autoencoder, Generative, LogLikelihood):
     def reports_likelihood(self) -> bool:
         return self.nll_samples > 0 and self.likelihood == "bernoulli"
 
-    def anomaly_score(self, batch: Batch, num_samples: int = 16) -> Tensor:
+    def anomaly_score(self, batch: Batch, num_samples: int = SCORE_SAMPLES) -> Tensor:
         """Negative ELBO of each image (beta = 1), its reconstruction term averaged over `num_samples`
-        posterior samples: (B,)."""
+        posterior samples: (B,). The samples are mu + sigma * eps for fixed draws eps (seeded, the same for
+        every image), so an image always gets the same score, here and in an exported scorer."""
         mu, logvar, decode_raw = self.posterior(batch)
-        recon = torch.stack(
-            [
-                self.reconstruction_loss(decode_raw(reparameterize(mu, logvar)), batch.images)
-                for _ in range(num_samples)
-            ]
-        ).mean(0)
+        eps = self.score_noise if num_samples == SCORE_SAMPLES else score_noise(num_samples, self.latent_dim)
+        z = mu + (0.5 * logvar).exp() * eps.to(mu.device, mu.dtype)[:, None]  # (S, B, D)
+        targets = batch.images.repeat(num_samples, *[1] * (batch.images.ndim - 1))
+        recon = self.reconstruction_loss(decode_raw(z.flatten(0, 1)), targets).view(num_samples, -1).mean(0)
         return recon + gaussian_kl(mu, logvar)
 
     def prior_noise(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:

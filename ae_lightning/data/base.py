@@ -83,6 +83,11 @@ class ImageDataModule(LightningDataModule):
         """The data's name in messages."""
         return type(self).__name__
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """The name of each class, indexed by label (None: unknown)."""
+        return None
+
     def setup(self, stage: str) -> None:
         """Loads the splits (on every rank), kept on the device when asked and it has room."""
         if self.datasets:

@@ -23,6 +23,7 @@ from ae_lightning.data.datasets import ImageTensorDataset
 from ae_lightning.errors import ConfigError, DataError
 
 NUM_CLASSES = 10
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FOLDER = torchvision.datasets.CIFAR10.base_folder  # cifar-10-batches-py
 ARCHIVE = torchvision.datasets.CIFAR10.filename  # cifar-10-python.tar.gz
 TRAIN_FILES = [name for name, _ in torchvision.datasets.CIFAR10.train_list]
@@ -111,6 +112,10 @@ class CIFAR10DataModule(ImageDataModule):
 
     def describe(self) -> str:
         return "CIFAR-10"
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(CLASS_NAMES)
 
     def _missing(self) -> list[str]:
         return [name for name in (*TRAIN_FILES, *TEST_FILES) if not (self.folder / name).is_file()]

@@ -126,7 +126,7 @@ class ImageFolderDataModule(ImageDataModule):
         return scan_folder(self.root, self.layout, self.normal_class)
 
     @property
-    def class_names(self) -> list[str]:
+    def class_names(self) -> list[str]:  # type: ignore[override]
         """The classes, indexed by label (in the one-class layout the normal class is 0)."""
         return self.listing.class_names
 

@@ -134,6 +134,10 @@ class MNISTDataModule(ImageDataModule):
     def describe(self) -> str:
         return str(self.hparams.dataset)
 
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.dataset_class.classes)
+
     def load_splits(self) -> dict[Split, ImageTensorDataset]:
         """The seeded train/val split of the training file and the test file, as uint8 (N, 1, 28, 28)."""
         for prefix in ("train", "t10k"):

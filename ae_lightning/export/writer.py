@@ -1,0 +1,146 @@
+"""Writing an export: the three graphs in ONNX or TorchScript and `model.json`, into a folder made whole or
+not at all."""
+
+import copy
+import json
+import os
+import secrets
+import shutil
+import warnings
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ae_lightning.autoencoders import Autoencoder, Conditional
+from ae_lightning.errors import ConfigError
+from ae_lightning.export.graphs import Graph, graphs
+from ae_lightning.files import write_error
+
+Format = Literal["onnx", "torchscript"]
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+#: the version of model.json's layout
+MODEL_JSON_VERSION = 1
+
+
+def require_onnx() -> None:
+    """Fails with one line when the optional ONNX packages are missing."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(
+            f"ONNX export and scoring need the `export` extra ({err.name} is missing): "
+            'pip install -e ".[export]" (onnx, onnxruntime, onnxscript)'
+        ) from None
+
+
+def describe(model: Autoencoder, threshold: float | None, files: dict[str, str]) -> dict[str, Any]:
+    """What a consumer needs to run the graphs, for model.json (the caller adds the data and checkpoint)."""
+    low, high = model.value_range
+    return {
+        "version": MODEL_JSON_VERSION,
+        "variant": type(model).__name__,
+        "files": files,
+        "input": {
+            "shape": list(model.image_shape),
+            "channels": model.image_shape[0] if len(model.image_shape) == 3 else None,
+            "dtype": "float32",
+            "value_range": [low, high],
+            "from_uint8": f"x = pixel / 255 * {high - low:g} {'-' if low < 0 else '+'} {abs(low):g}",
+            "layout": "NCHW" if len(model.image_shape) == 3 else "ND",
+        },
+        "latent_dim": model.latent_dim,
+        "conditional": isinstance(model, Conditional),
+        "num_classes": model.num_classes if isinstance(model, Conditional) else None,
+        "threshold": threshold,
+        "outputs": {
+            "encoder": "code (B, latent_dim): for a VAE the posterior mean",
+            "decoder": "reconstruction (B, *shape) in value_range: the output mean",
+            "scorer": "score (B,): the anomaly score (higher: more anomalous); is_anomaly (B,): score > "
+            "threshold"
+            + ("" if threshold is not None else " (no threshold in the checkpoint: always false)"),
+        },
+    }
+
+
+def export_model(
+    model: Autoencoder,
+    format: Format,
+    output: str | Path,
+    threshold: float | None = None,
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes `encoder`, `decoder` and `scorer` of `model` (a float32 CPU copy, in eval mode) in `format`,
+    each with a dynamic batch dimension, and `model.json` (`describe` plus `extra`) into the folder `output`.
+    An existing `output` is refused unless `overwrite`; the folder is written beside it and renamed."""
+    if format not in SUFFIXES:
+        raise ConfigError(f"--format must be one of {list(SUFFIXES)}, got {format!r}")
+    if format == "onnx":
+        require_onnx()
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ConfigError(f"--output {output} exists: give another folder, or --overwrite true to replace it")
+    model = copy.deepcopy(model).cpu().float().eval()
+    temp = output.parent / f".{output.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        temp.mkdir(parents=True)
+        files = {}
+        for name, graph in graphs(model, threshold).items():
+            files[name] = f"{name}{SUFFIXES[format]}"
+            (to_onnx if format == "onnx" else to_torchscript)(graph, temp / files[name])
+        description = {**describe(model, threshold, files), "format": format, **(extra or {})}
+        (temp / "model.json").write_text(json.dumps(description, indent=2) + "\n")
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(temp, output)
+    except OSError as err:
+        raise write_error(err, None, output.parent) from err
+    finally:
+        with suppress(OSError):
+            shutil.rmtree(temp)
+    return output
+
+
+def to_onnx(graph: Graph, path: Path) -> None:
+    """Exports with torch.export (dynamic batch) and checks the file with onnx.checker."""
+    import onnx
+
+    batch = torch.export.Dim("batch")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        torch.onnx.export(
+            graph.module,
+            graph.inputs,
+            str(path),
+            dynamo=True,
+            input_names=graph.input_names,
+            output_names=graph.output_names,
+            dynamic_shapes=tuple({0: batch} for _ in graph.inputs),
+            external_data=False,
+            verbose=False,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+    # the exporter falls back to other strategies when one fails: refuse a graph whose batch is fixed
+    graph = onnx.load(str(path), load_external_data=False).graph
+    fixed = [
+        item.name
+        for item in [*graph.input, *graph.output]
+        if not item.type.tensor_type.shape.dim[0].dim_param
+    ]
+    if fixed:
+        raise RuntimeError(f"the exported {path.stem} has a fixed batch size for {fixed}: an export bug")
+
+
+def to_torchscript(graph: Graph, path: Path) -> None:
+    """Traces the graph and freezes it: the weights become constants and what the graph does not use (a
+    codebook's running statistics, other networks) is left out of the file."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings on checks that are constant for a graph, and the
+        # deprecation of TorchScript
+        traced = torch.jit.trace(graph.module, graph.inputs, check_trace=False)
+        frozen = torch.jit.freeze(traced.eval())
+        torch.jit.save(frozen, str(path))  # torch 2.14 deprecates TorchScript for torch.export: still read
