@@ -199,3 +199,26 @@ def test_the_readme_example_runs_the_onnx_encoder_with_onnxruntime_alone(
     pixels = namespace["pixels"]
     (expected,) = model.run("encoder", model.to_model_input(pixels))
     np.testing.assert_allclose(namespace["codes"], expected, rtol=1e-6)
+
+
+def test_score_of_a_folder_gives_predicts_scores_by_path(data_dir: Path, in_tmp: Path) -> None:
+    """A model trained on a folder scores a folder of files, fitted as its datamodule fitted them (the
+    images here are of several sizes and modes): the scores predict wrote for the same paths."""
+    from ae_lightning.export.score import score
+
+    config = CONFIGS / "folder_anomaly.yaml"
+    flags = ["--config", str(config), *tiny_for(config, data_dir)]
+    main(["fit", *flags])
+    main(["predict", *flags, "--ckpt_path=last"])
+    main(["export", *flags, "--ckpt_path=last", "--format=torchscript", f"--output={in_tmp / 'exported'}"])
+    predicted = {
+        row["path"]: float(row["anomaly_score"])
+        for row in csv.DictReader((run_folder(in_tmp, "folder_anomaly", 1) / "predictions.csv").open())
+    }
+    assert score(in_tmp / "exported", data_dir / "inspection" / "test", in_tmp / "scores.csv") == len(
+        predicted
+    )
+    scored = {row["path"]: float(row["score"]) for row in csv.DictReader((in_tmp / "scores.csv").open())}
+    assert scored.keys() == predicted.keys()
+    for path, value in scored.items():
+        assert value == pytest.approx(predicted[path], rel=1e-5), path

@@ -375,3 +375,26 @@ def test_a_crashing_rank_ends_the_whole_job(data_dir: Path, tmp_path: Path, rank
     assert result.returncode != 0
     # the surviving rank's error names the cause: its peer went away
     assert "Check the logs of the remote worker" in output
+
+
+@pytest.mark.slow
+def test_ddp_on_a_folder_decodes_once_and_tests_the_whole_set(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes on an image folder: the files are decoded once (prepare_data, then both ranks read the
+    cache), and the test AUROC under DDP is that of one process testing the same checkpoint."""
+    from tests.conftest import tiny_folder
+
+    folder = tiny_folder(data_dir / "inspection", tmp_path / "cache")
+    flags = ["--config", str(CONFIGS / "folder_anomaly.yaml"), *folder]
+    fitted = cli(["fit", *flags, "--config", DDP, "--trainer.devices=2"], cwd=tmp_path)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    assert (fitted.stdout + fitted.stderr).count("Decoded ") == 1
+    tested = cli(["test", *flags, "--config", DDP, "--trainer.devices=2", "--ckpt_path=last"], cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert "Decoded " not in tested.stdout + tested.stderr  # the cache of the fit
+    ddp_auroc = float(re.search(r"test/auroc\s+([0-9.]+)", tested.stdout).group(1))
+    monkeypatch.chdir(tmp_path)
+    last = run_folder(tmp_path, "folder_anomaly") / "checkpoints" / "last.ckpt"
+    one = main(["test", *flags, f"--ckpt_path={last}"])
+    assert ddp_auroc == pytest.approx(one.trainer.callback_metrics["test/auroc"].item(), abs=1e-6)

@@ -138,7 +138,7 @@ def _read_folder(
     names, batch = [], []
     for path in files:
         try:
-            image = read_image(path, shape[0] if resize else 3 if shape[0] == 3 else 1)
+            image = read_image(path, shape[0])  # converted to the channels the model takes
         except (OSError, RuntimeError, ValueError) as err:
             raise DataError(
                 f"{path} cannot be decoded as an image ({' '.join(str(err).split())[:200]})"
