@@ -145,3 +145,17 @@ def _writes_nothing_into_the_checkout():
     assert not left, (
         f"the test wrote {left} into the checkout {REPO}: run it in tmp_path (the in_tmp fixture)"
     )
+
+
+def run_and_fail(args: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Runs the CLI, which must fail with one line on stderr (and a tip); returns that line."""
+    from ae_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code not in (0, None)
+    code = exit_info.value.code
+    message = (code if isinstance(code, str) else "") + "\n" + capsys.readouterr().err
+    lines = [line for line in message.splitlines() if line.strip() and not line.startswith("tip: ")]
+    assert len(lines) == 1, lines  # a mistake in the arguments adds a tip line pointing at --help
+    return lines[0]

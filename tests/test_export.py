@@ -14,7 +14,7 @@ import torch
 
 from ae_lightning.cli import main
 from ae_lightning.export.runtime import ExportedModel
-from tests.conftest import CONFIGS, REPO, run_folder, tiny_for
+from tests.conftest import CONFIGS, REPO, run_and_fail, run_folder, tiny_for
 
 #: configs whose parity runs in the default test run (one per kind of graph); the others are marked slow
 FAST = {"vae", "cvae", "vqvae_conv", "folder_anomaly"}
@@ -128,16 +128,6 @@ def test_score_gives_predicts_scores_without_lightning(data_dir: Path, in_tmp: P
         assert row["index"] == prediction["index"]
         assert float(row["score"]) == pytest.approx(float(prediction["anomaly_score"]), rel=1e-5)
         assert row["is_anomaly"] == prediction["is_anomaly"]
-
-
-def run_and_fail(args: list[str], capsys: pytest.CaptureFixture) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    code = exit_info.value.code
-    message = (code if isinstance(code, str) else "") + "\n" + capsys.readouterr().err
-    lines = [line for line in message.splitlines() if line.strip() and not line.startswith("tip: ")]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def test_bad_export_input_is_one_line(data_dir: Path, in_tmp: Path, capsys) -> None:

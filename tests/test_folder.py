@@ -12,7 +12,7 @@ from PIL import Image
 from ae_lightning.cli import main
 from ae_lightning.data import ImageFolderDataModule
 from ae_lightning.data.image_files import fit_to_size, image_files, read_image
-from tests.conftest import CONFIGS, REPO, read_png, run_folder, tiny_folder
+from tests.conftest import CONFIGS, REPO, read_png, run_and_fail, run_folder, tiny_folder
 from tests.images import write_class_folder, write_one_class_folder
 
 
@@ -202,18 +202,6 @@ def test_predict_scores_a_folder_of_new_images_by_path(data_dir: Path, in_tmp: P
     lines = (run_folder(in_tmp, "folder", 1) / "predictions.csv").read_text().splitlines()
     assert lines[0].startswith("index,path,anomaly_score,")  # no labels: no label column
     assert [line.split(",")[1] for line in lines[1:]] == [str(new / path.name) for path in sorted(files)]
-
-
-def run_and_fail(args: list[str], capsys: pytest.CaptureFixture) -> str:
-    """Runs the CLI, which must fail with one line on stderr (and a tip); returns that line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code not in (0, None)
-    code = exit_info.value.code
-    message = (code if isinstance(code, str) else "") + "\n" + capsys.readouterr().err
-    lines = [line for line in message.splitlines() if line.strip() and not line.startswith("tip: ")]
-    assert len(lines) == 1, lines  # a mistake in the arguments adds a tip line pointing at --help
-    return lines[0]
 
 
 def one_class_without(*folders: str):

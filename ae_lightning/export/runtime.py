@@ -117,7 +117,8 @@ def _read_array(source: Path) -> np.ndarray:
                 f"{source} holds {pixels.dtype} values: give uint8 pixels (0..255), as images hold"
             )
         return pixels
-    header = source.read_bytes()[:4]
+    with source.open("rb") as file:
+        header = file.read(4)  # the fourth byte of an IDX header is its number of dimensions
     ndim = header[3] if len(header) == 4 else 3
     dims = check_idx_file(source, ndim=ndim)
     return np.fromfile(source, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
