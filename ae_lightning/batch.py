@@ -38,13 +38,22 @@ class Batch:
             moved["images"] = moved["images"].to(dtype)
         return Batch(**moved)
 
+    def pin_memory(self) -> "Batch":
+        """A copy in page-locked memory (a DataLoader with `pin_memory` calls it), so that the copy to a GPU
+        can overlap the work queued there."""
+        held = {field.name: getattr(self, field.name) for field in fields(self)}
+        return Batch(**{name: None if value is None else value.pin_memory() for name, value in held.items()})
+
     def with_images(self, images: Tensor) -> "Batch":
         """The same batch with other images (e.g. corrupted copies) of the same length."""
         return replace(self, images=images)
 
     @staticmethod
-    def collate(items: Sequence["Batch"]) -> "Batch":
-        """Stacks unbatched items into a batch (a DataLoader's `collate_fn`)."""
+    def collate(items: "Sequence[Batch] | Batch") -> "Batch":
+        """Stacks unbatched items into a batch (a DataLoader's `collate_fn`); a batch the dataset read whole
+        (`__getitems__`) is passed on as it is."""
+        if isinstance(items, Batch):
+            return items
         joined = {}
         for field in fields(Batch):
             values = [getattr(item, field.name) for item in items]

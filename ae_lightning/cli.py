@@ -3,13 +3,11 @@
 import os
 import signal
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
-from lightning.fabric.plugins.environments import SLURMEnvironment
+import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
@@ -49,7 +47,6 @@ class CommandState:
 
     new_run_folder: NewRunFolder | None = None
     trainer: Trainer | None = None
-    previous_sigusr1: Any = None
 
 
 class AutoencoderCLI(LightningCLI):
@@ -92,6 +89,15 @@ class AutoencoderCLI(LightningCLI):
         link_steps_per_call(parser)
         # in every run: a loss that becomes NaN stops it (--nonfinite_loss.stop false trains on)
         parser.add_lightning_class_args(NonFiniteLossCheck, "nonfinite_loss")
+        parser.add_argument(
+            "--float32_matmul_precision",
+            type=Literal["highest", "high", "medium"],
+            default="highest",
+            help="Precision of float32 matrix products (torch.set_float32_matmul_precision) on GPUs with "
+            "TensorFloat-32 (Ampere and later): highest (full float32, torch's default), high (TF32, 10 "
+            "mantissa bits, several times faster) or medium (bfloat16 inside). Convolutions follow "
+            "torch.backends.cudnn.allow_tf32. No effect on a CPU.",
+        )
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -159,9 +165,11 @@ class AutoencoderCLI(LightningCLI):
             )
 
     def before_instantiate_classes(self) -> None:
-        """A new run of a TensorBoard or CSV logger takes its `version_<n>` folder now, atomically (on
-        global rank zero; the other ranks write nothing)."""
+        """Sets the float32 matmul precision; a new run of a TensorBoard or CSV logger takes its
+        `version_<n>` folder now, atomically (on global rank zero; the other ranks write nothing)."""
         subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        torch.set_float32_matmul_precision(config.get("float32_matmul_precision") or "highest")
         # an export writes its own folder (--output), not a run
         if subcommand and subcommand != "export" and rank_zero_only.rank == 0:
             self.state.new_run_folder = NewRunFolder(self.config[subcommand].trainer)
@@ -180,7 +188,7 @@ class AutoencoderCLI(LightningCLI):
         default_bar = trainer.progress_bar_callback
         if type(default_bar) is TQDMProgressBar and not any(default_bar is c for c in configured):
             trainer.callbacks[trainer.callbacks.index(default_bar)] = ProgressBar()
-        # SIGTERM saves last.ckpt (resume with --ckpt_path last)
+        # SIGTERM (and SIGUSR1) saves last.ckpt at the step's end (resume with --ckpt_path last)
         trainer.callbacks.append(PreemptionCheckpoint())
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = SafeCheckpointIO(checked=self._checked)
@@ -189,8 +197,7 @@ class AutoencoderCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Checks the optimizer's and scheduler's arguments by building them once (a bad `lr` would fail only
-        after the run folder is written), and makes SIGUSR1 stop the run as SIGTERM does, unless SLURM's
-        requeue (which Lightning handles) uses it."""
+        after the run folder is written)."""
         try:
             self.model.configure_optimizers()
         except (ValueError, TypeError, KeyError) as err:
@@ -199,9 +206,6 @@ class AutoencoderCLI(LightningCLI):
                 f"the optimizer or learning-rate scheduler refused its arguments: {reason}; "
                 "fix --model.optimizer (or --model.lr_scheduler)"
             ) from None
-        # under SLURM, Lightning's requeue handler takes SIGUSR1 (and is not set if one is there already)
-        if not SLURMEnvironment.detect() and threading.current_thread() is threading.main_thread():
-            self.state.previous_sigusr1 = signal.signal(signal.SIGUSR1, _stop_as_on_sigterm)
 
     def before_predict(self) -> None:
         """`predict` writes its outputs to the run folder: a PredictionWriter with its defaults is added
@@ -254,17 +258,9 @@ def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
         if isinstance(error, TrainingError) and rank_zero_only.rank != 0:
             sys.exit(1)  # every rank stops together: rank zero says why
         sys.exit(f"error: {error}")
-    finally:
-        if state.previous_sigusr1 is not None:
-            signal.signal(signal.SIGUSR1, state.previous_sigusr1)
     if run:
         _finish_runs(cli.trainer)
     return cli
-
-
-def _stop_as_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """SIGUSR1 handler: the run stops as on SIGTERM (Lightning's handler saves last.ckpt and stops)."""
-    signal.raise_signal(signal.SIGTERM)
 
 
 def _classes(module: Any, base: type) -> list[str]:

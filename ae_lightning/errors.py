@@ -23,3 +23,7 @@ class WriteError(AELightningError, OSError):
 
 class TrainingError(AELightningError, RuntimeError):
     """Training that cannot go on usefully, such as a loss that became NaN or infinite."""
+
+
+class DeviceMemoryError(TrainingError):
+    """The device (a GPU, or the CPU's memory) ran out of memory for the batch, the model or the data."""

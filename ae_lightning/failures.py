@@ -7,9 +7,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from ae_lightning.errors import AELightningError, ConfigError
+from ae_lightning.errors import AELightningError, ConfigError, DeviceMemoryError
 from ae_lightning.files import WRITE_ERRNOS, write_error
 
 
@@ -51,7 +52,8 @@ class Quiet:
 def user_error(err: BaseException | None, folder: str | Path | None = None) -> AELightningError | None:
     """The AELightningError that `err` is or was caused by or raised while handling (jsonargparse re-raises
     errors from instantiating a class as the cause of its own; Lightning's clean-up after an error can fail
-    in turn), or the one-line WriteError of an OSError of a full disk or an unwritable folder."""
+    in turn), the one-line WriteError of an OSError of a full disk or an unwritable folder, or a
+    DeviceMemoryError for torch's out-of-memory error."""
     seen = set()
     chain = []
     while err is not None and id(err) not in seen:
@@ -67,4 +69,21 @@ def user_error(err: BaseException | None, folder: str | Path | None = None) -> A
     for link in chain:
         if isinstance(link, OSError) and link.errno in WRITE_ERRNOS:
             return write_error(link, link.filename, folder)
+    for link in chain:
+        if isinstance(link, torch.OutOfMemoryError) or (
+            isinstance(link, RuntimeError) and "DefaultCPUAllocator: not enough memory" in str(link)
+        ):
+            return out_of_memory(link)
     return None
+
+
+def out_of_memory(err: BaseException) -> DeviceMemoryError:
+    """The one line for torch's out-of-memory error (its first sentence, then what to lower)."""
+    message = " ".join(str(err).split())
+    message = message.split("DefaultCPUAllocator: ")[-1]  # the CPU's, after its source location
+    first = ". ".join(message.split(". ")[:2]).rstrip(".")
+    return DeviceMemoryError(
+        f"out of memory ({first}): lower --data.batch_size, keep the data off the GPU with --data.resident "
+        "false, or train in bfloat16 (--config configs/trainer/bf16.yaml); fewer --model.nll_samples or a "
+        "smaller model also help"
+    )

@@ -4,6 +4,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from ae_lightning.nets.one_hot import one_hot
+
 #: a latent unit is active when its posterior mean varies across the data by more than this (Burda et al.)
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -57,7 +59,8 @@ class CodeUsage(Metric):
 
     def update(self, indices: Tensor) -> None:
         """`indices`: chosen codes, any shape."""
-        self.counts += torch.bincount(indices.flatten(), minlength=self.counts.numel()).double()
+        # not bincount, which learns the largest index on the host (a wait for a GPU at every batch)
+        self.counts += one_hot(indices.flatten(), self.counts.numel(), torch.float64).sum(0)
 
     def compute(self) -> dict[str, Tensor]:
         return usage_statistics(self.counts)

@@ -177,6 +177,7 @@ def framework(args: argparse.Namespace, device: torch.device, fast: bool) -> dic
         f"--model.backbone={args.backbone}",
         f"--trainer.max_epochs={args.epochs + 1}",
         f"--trainer.accelerator={args.accelerator}",
+        "--trainer.devices=1",  # one device, as the plain loops use
     ]  # fmt: skip
     if args.backbone == "conv":
         flags.append(f"--model.hidden_dims={conv_layers(args)['hidden_dims']}")

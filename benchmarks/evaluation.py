@@ -47,6 +47,7 @@ def cli_args(config: str, args: argparse.Namespace, *extra: str) -> list[str]:
         f"--data.val_size={args.val_size}",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
+        "--trainer.devices=1",
         *args.extra,
         *extra,
     ]  # fmt: skip

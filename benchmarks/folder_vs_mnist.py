@@ -91,7 +91,8 @@ def compare(
     """The test AUROC of the same model on the MNIST datamodule and on the rendered folder."""
     root = render_folder(data_dir, work / f"digits_{normal}", normal)
     common = [*MODEL, f"--trainer.max_epochs={epochs}", f"--trainer.accelerator={accelerator}",
-              "--trainer.enable_progress_bar=false", "--data.batch_size=32"]  # fmt: skip
+              "--trainer.devices=1", "--trainer.enable_progress_bar=false",
+              "--data.batch_size=32"]  # fmt: skip
     mnist_auroc, mnist_seconds = fit_and_test(
         ["--config", str(REPO / "configs" / "anomaly.yaml"), f"--data.data_dir={data_dir}",
          "--data.download=false", f"--data.normal_classes=[{normal}]", *common],

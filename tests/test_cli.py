@@ -214,6 +214,7 @@ def test_conditional_vae_predicts_with_the_labels(data_dir: Path, in_tmp: Path) 
         ("contractive_ae", "--model.contractive_weight=-1", "contractive_weight must be >= 0"),
         ("beta_vae", "--model.kl_warmup_steps=-1", "kl_warmup_steps must be >= 0"),
         ("cvae", "--model.num_classes=1", "num_classes must be at least 2"),
+        ("cvae", "--model.num_classes=5", r"labels must lie in \[0, 5\), but the data's run from 0 to 9"),
         ("iwae", "--model.num_samples=0", "num_samples must be at least 1"),
         ("iwae", "--model.beta=2", "IWAE has no KL weight"),
         ("vqvae", "--model.code_dim=7", "code_dim must be a positive divisor of latent_dim 64"),

@@ -36,13 +36,17 @@ def test_one_class_metrics_match_a_hand_made_case() -> None:
     3 are ranked right (AUROC 0.75); ranked by score the anomalies come at precision 1 (80) and 2/3 (35), so
     AP = (1 + 2/3) / 2; at threshold 30 the flags are 0 1 1 1: TP 2, FP 1, FN 0, F1 = 4 / 5. Scores this
     large would all round to 1 in torchmetrics' sigmoid: the metrics must still rank them."""
-    metrics = OneClassMetrics()
     scores, targets = torch.tensor([10.0, 40.0, 35.0, 80.0]), torch.tensor([False, False, True, True])
-    metrics.update(scores[:2], targets[:2], threshold=30.0)  # two batches: the state accumulates
-    metrics.update(scores[2:], targets[2:], threshold=30.0)
-    assert metrics.auroc.compute().item() == pytest.approx(0.75)
-    assert metrics.aupr.compute().item() == pytest.approx((1 + 2 / 3) / 2)
-    assert metrics.f1.compute().item() == pytest.approx(0.8)
+    without, metrics = OneClassMetrics(), OneClassMetrics()
+    without.update(scores, targets)
+    assert set(without.compute()) == {"auroc", "aupr"}  # no threshold, no F1
+    metrics.update(scores[:2], targets[:2])  # two batches: the state accumulates
+    metrics.update(scores[2:], targets[2:])
+    metrics.threshold = 30.0
+    results = metrics.compute()
+    assert results["auroc"].item() == pytest.approx(0.75)
+    assert results["aupr"].item() == pytest.approx((1 + 2 / 3) / 2)
+    assert results["f1"].item() == pytest.approx(0.8)
 
 
 def test_squash_keeps_the_order_of_large_scores() -> None:
@@ -60,6 +64,12 @@ def test_threshold_is_the_quantile_of_normal_scores() -> None:
     threshold = quantile.compute().item()
     assert threshold == 96.0
     assert (scores > threshold).float().mean().item() <= 0.05
+    # the scores left out (anomalies in a validation set) do not count: 1..100 kept, 1000..1099 not
+    masked = ScoreQuantile(0.95)
+    outliers = torch.arange(1000.0, 1100.0)
+    masked.update(torch.cat([scores[:30], outliers]), keep=torch.arange(130) < 30)
+    masked.update(scores[30:], keep=torch.ones(70, dtype=torch.bool))
+    assert masked.compute().item() == 96.0
 
 
 @pytest.mark.parametrize("quantile", [0.0, 1.0, 1.5])
@@ -497,14 +507,17 @@ def test_evaluator_sets_the_threshold_on_normal_validation_scores_and_scores_the
     assert evaluator.validation_end() == {}  # what was collected is reset
 
     for batch in batches:
-        logged = evaluator.test_batch(model, batch)
+        evaluator.test_batch(model, batch)
+    logged = evaluator.test_end()
     assert set(logged) == {"mse", "psnr", "ssim", "auroc", "aupr", "f1", "anomaly_threshold"}
     with torch.no_grad():
         reconstruction = model(images)
-    torch.testing.assert_close(logged["mse"].compute(), (reconstruction - images).square().mean())
-    assert logged["auroc"].compute().item() == pytest.approx(
-        BinaryAUROC()(squash(scores), is_anomaly.long()).item()
-    )
+    torch.testing.assert_close(logged["mse"], (reconstruction - images).square().mean())
+    assert logged["auroc"].item() == pytest.approx(BinaryAUROC()(squash(scores), is_anomaly.long()).item())
+    flags = scores > evaluator.threshold
+    f1 = 2 * (flags & is_anomaly).sum() / (flags.sum() + is_anomaly.sum())
+    assert logged["f1"].item() == pytest.approx(f1.item())
+    assert evaluator.test_end() == {}  # what was collected is reset
 
 
 def test_evaluator_reports_a_models_own_statistics_and_the_nll_where_it_applies() -> None:
@@ -516,8 +529,11 @@ def test_evaluator_reports_a_models_own_statistics_and_the_nll_where_it_applies(
     batch = Batch(torch.bernoulli(torch.rand(12, 1, 28, 28)))
     evaluator.validation_batch(model, batch)
     assert set(evaluator.validation_end()) == {"active_units"}  # no anomaly targets: no threshold
-    logged = evaluator.test_batch(model, batch)
+    evaluator.test_batch(model, batch)
+    logged = evaluator.test_end()
     assert "nll" in logged and "auroc" not in logged
-    assert torch.isfinite(logged["nll"].compute())
+    assert torch.isfinite(logged["nll"])
     gaussian = VAE(latent_dim=3, hidden_dims=[16])  # known only up to a constant: no NLL
-    assert "nll" not in Evaluator(gaussian).test_batch(gaussian, batch)
+    gaussian_evaluator = Evaluator(gaussian)
+    gaussian_evaluator.test_batch(gaussian, batch)
+    assert "nll" not in gaussian_evaluator.test_end()

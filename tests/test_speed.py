@@ -20,6 +20,7 @@ from ae_lightning.cli import main
 from ae_lightning.data import MNISTDataModule
 from ae_lightning.data.samplers import ResidentBatches
 from tests.conftest import CONFIGS, NUM_TRAIN, REPO, VAL_SIZE, run_folder, tiny, tiny_for
+from tests.syncs import WatchSteps, count_host_syncs
 
 TRAIN_SIZE = NUM_TRAIN - VAL_SIZE
 
@@ -277,17 +278,58 @@ def test_the_benchmark_runs_on_a_tiny_setting(data_dir: Path, tmp_path: Path) ->
     assert "| mlp | 16 | conventional |" in done.stdout
 
 
+def test_the_sync_counter_sees_every_kind_of_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the test below counts, each once: a number read, a bool, a data-dependent size, a host copy."""
+    x = torch.arange(6.0)
+    with count_host_syncs(monkeypatch) as syncs:
+        syncs.active = True
+        x.sum().item(), bool(x[0] > 1), x[x > 2], x.nonzero(), x.cpu(), x.tolist(), x.unique()
+        syncs.active = False
+        x.sum().item()  # not counted: switched off
+    kinds = [entry.split(" @ ")[0] for entry in syncs.found]
+    assert kinds == [
+        "aten::_local_scalar_dense", "aten::_local_scalar_dense", "aten::index with a boolean mask",
+        "aten::nonzero", "Tensor.cpu", "Tensor.tolist", "aten::_unique2",
+    ]  # fmt: skip
+    assert all(entry.endswith(f"test_speed.py:{entry.split(':')[-1]}") for entry in syncs.found)
+
+
+@pytest.mark.parametrize("k", [1, 4])
 @pytest.mark.parametrize("config", [path.stem for path in sorted(CONFIGS.glob("*.yaml"))])
-def test_every_config_trains_k_steps_per_call(config: str, data_dir: Path, in_tmp: Path) -> None:
+def test_every_config_trains_and_evaluates_without_waiting_for_the_device(
+    config: str, k: int, data_dir: Path, in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No training step (after the first call), validation batch or test batch of any config, with one step
+    per call or K, makes the host wait for a GPU: no number read, no data-dependent size, no copy to the
+    CPU (counted at the dispatcher, tests/syncs.py), in steps that log nothing. The results are read at the
+    end of an epoch. (A one-class config trains on a single batch an epoch: max_steps counts steps.)"""
     path = CONFIGS / f"{config}.yaml"
-    fitted = main(["fit", "--config", str(path), *tiny_for(path, data_dir), "--model.steps_per_call=2",
-                   "--trainer.max_epochs=10", "--trainer.max_steps=3"])  # fmt: skip
-    assert fitted.trainer.global_step == 3  # (a one-class config trains on a single batch an epoch)
-    assert torch.isfinite(fitted.trainer.callback_metrics["train/loss"])
+    cli = main(["--config", str(path), *tiny_for(path, data_dir), f"--model.steps_per_call={k}",
+                "--trainer.max_epochs=10", "--trainer.max_steps=6", "--trainer.log_every_n_steps=1000"],
+               run=False)  # fmt: skip
+    with count_host_syncs(monkeypatch) as syncs:
+        watch = WatchSteps(syncs)
+        cli.trainer.callbacks.insert(0, watch)
+        cli.trainer.callbacks.append(WatchSteps.Last(watch))
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+        cli.trainer.test(cli.model, datamodule=cli.datamodule)
+    assert watch.calls > 1 and cli.trainer.global_step == 6
+    assert watch.stages == {"train": [], "val": [], "test": []}
+    assert "test/loss" in cli.trainer.callback_metrics
     checkpoints = run_folder(in_tmp, config) / "checkpoints"
     assert (checkpoints / "last.ckpt").is_file()
-    images = len(fitted.model.model.image_shape) == 3
+    images = len(cli.model.model.image_shape) == 3
     assert (checkpoints / "last.png").is_file() == images  # points get no grid
+
+
+def test_every_exported_model_has_a_config() -> None:
+    """The test above covers every model through its configs."""
+    import ae_lightning.models
+
+    used = {path.read_text().split("class_path: ae_lightning.models.")[-1].split()[0] for path in
+            CONFIGS.glob("*.yaml") if "class_path: ae_lightning.models." in path.read_text()}  # fmt: skip
+    assert used == set(ae_lightning.models.__all__) - {"AutoencoderModule"}
 
 
 def test_k_steps_per_call_warn_in_optimizer_steps_and_leave_no_warnings_filter(

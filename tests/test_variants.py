@@ -182,8 +182,9 @@ def test_cvae_refuses_batches_without_labels_and_labels_out_of_range() -> None:
     x = batch.images
     with pytest.raises(ConfigError, match="needs labelled batches"):
         model.loss_terms(Batch(x))
-    with pytest.raises(ConfigError, match=r"labels must lie in \[0, 3\).*--model.num_classes"):
-        model.loss_terms(Batch(x, torch.tensor([0, 1, 2, 5])))
+    model.check_labels(0, 2)  # the data's labels, checked once before training (not in each step)
+    with pytest.raises(ConfigError, match=r"labels must lie in \[0, 3\).* from 0 to 5.*--model.num_classes"):
+        model.check_labels(0, 5)
 
 
 # --- IWAE ---

@@ -4,14 +4,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ae_lightning.autoencoders.interface import Conditional
 from ae_lightning.autoencoders.vae import VAE
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
-from ae_lightning.nets import build_decoder
+from ae_lightning.nets import build_decoder, one_hot
 from ae_lightning.nets.conditional import OneHotConditionedDecoder, OneHotConditionedEncoder
 
 
@@ -23,7 +22,7 @@ class ConditionalVAE(VAE, Conditional):
     same noise, so a column shows one "style" drawn as each class.
 
     Args:
-        num_classes: number of classes; labels must lie in [0, num_classes).
+        num_classes: number of classes; labels must lie in [0, num_classes) (`Conditional.check_labels`).
         **kwargs: the arguments of `VAE` (beta, kl_warmup_steps, nll_samples) and `Autoencoder`.
     """
 
@@ -55,16 +54,9 @@ class ConditionalVAE(VAE, Conditional):
         return batch.labels
 
     def one_hot(self, labels: Tensor) -> Tensor:
-        """(B,) integer labels -> (B, num_classes) one-hot rows in the model's dtype."""
-        labels = labels.long()
-        # an exported graph cannot hold this check (its scorer documents the range instead)
-        tracing = torch.compiler.is_exporting() or torch.jit.is_tracing()
-        if not tracing and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ConfigError(
-                f"labels must lie in [0, {self.num_classes}), got values from {labels.min().item()} to "
-                f"{labels.max().item()}: set --model.num_classes to the number of classes of the data"
-            )
-        return F.one_hot(labels, self.num_classes).to(self.dtype)
+        """(B,) integer labels in [0, num_classes) -> (B, num_classes) one-hot rows in the model's dtype (a
+        label outside the range, which `check_labels` refuses before training, would give a row of zeros)."""
+        return one_hot(labels, self.num_classes, self.dtype)
 
     def encode(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         """(B, C, H, W) images and (B,) labels -> (mu, logvar), each (B, latent_dim)."""

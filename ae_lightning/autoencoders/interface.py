@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ae_lightning.batch import Batch
+from ae_lightning.errors import ConfigError
 
 
 class Generative(ABC):
@@ -37,6 +38,17 @@ class Conditional(ABC):
     """A model whose networks see each image's class label: its batches must carry `labels`."""
 
     num_classes: int
+
+    def check_labels(self, low: int, high: int) -> None:
+        """Refuses data whose labels run from `low` to `high` unless they all lie in [0, num_classes).
+
+        Training calls it once with the range of the data's labels: checking each batch would make the host
+        wait for a GPU at every step."""
+        if low < 0 or high >= self.num_classes:
+            raise ConfigError(
+                f"labels must lie in [0, {self.num_classes}), but the data's run from {low} to {high}: "
+                "set --model.num_classes to the number of classes of the data"
+            )
 
 
 class LogLikelihood(ABC):

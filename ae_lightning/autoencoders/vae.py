@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import Normal
 from torchmetrics import Metric
 
 from ae_lightning.autoencoders.base import Autoencoder
@@ -45,6 +44,17 @@ SCORE_SAMPLES, SCORE_NOISE_SEED = 16, 0
 def score_noise(num_samples: int, latent_dim: int) -> Tensor:
     """The fixed standard normal draws of the anomaly score, (num_samples, latent_dim)."""
     return torch.randn(num_samples, latent_dim, generator=torch.Generator().manual_seed(SCORE_NOISE_SEED))
+
+
+#: log(2 pi), of the normal density
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_density(z: Tensor, mu: Tensor | float = 0.0, logvar: Tensor | float = 0.0) -> Tensor:
+    """log N(z; mu, exp(logvar)) of each element (broadcast), written out rather than taken from
+    torch.distributions.Normal, whose argument checks make the host wait for a GPU at every call."""
+    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
+    return -0.5 * (LOG_2PI + logvar + (z - mu).square() * (-logvar).exp())
 
 
 def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -136,18 +146,18 @@ class VAE(Autoencoder, Generative, LogLikelihood):
         decoded `chunk_size` at a time (default: as many as keep a chunk's outputs under 2^24 numbers)."""
         x = batch.images
         mu, logvar, decode_raw = self.posterior(batch)
-        posterior = Normal(mu, (0.5 * logvar).exp())
+        std = (0.5 * logvar).exp()
         if chunk_size is None:
             chunk_size = max(1, NLL_CHUNK_ELEMENTS // max(1, x[0].numel() * x.shape[0]))
         log_weights, recons = [], []
         for start in range(0, num_samples, chunk_size):
             count = min(chunk_size, num_samples - start)
-            z = posterior.rsample((count,))  # (count, B, D)
+            z = mu + std * torch.randn((count, *mu.shape), dtype=mu.dtype, device=mu.device)  # (count, B, D)
             decoder_output = decode_raw(z.flatten(0, 1))  # (count * B, C, H, W)
             targets = x.repeat(count, *[1] * (x.ndim - 1))  # (count * B, ...) as the outputs
             recon = self.reconstruction_loss(decoder_output, targets).view(count, -1)
-            log_prior = Normal(0.0, 1.0).log_prob(z.float()).sum(-1)
-            log_posterior = posterior.log_prob(z).float().sum(-1)
+            log_prior = gaussian_log_density(z.float()).sum(-1)
+            log_posterior = gaussian_log_density(z.float(), mu.float(), logvar.float()).sum(-1)
             log_weights.append(-recon + log_prior - log_posterior)
             recons.append(recon)
         return torch.cat(log_weights), torch.cat(recons), mu, logvar

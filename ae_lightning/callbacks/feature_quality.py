@@ -9,7 +9,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from ae_lightning.batch import Batch
-from ae_lightning.callbacks.gather import gather_shares
+from ae_lightning.callbacks.gather import gather_shares, to_host, wait_for_copies
 from ae_lightning.callbacks.images import autoencoder_of
 from ae_lightning.errors import ConfigError
 from ae_lightning.evaluation.features import knn_accuracy, linear_probe_accuracy
@@ -76,10 +76,11 @@ class FeatureQuality(Callback):
         if batch.labels is None:
             return
         latent = autoencoder_of(pl_module).latent(batch)
-        self._latents.append(latent.float().flatten(1).cpu())
-        self._labels.append(batch.labels.cpu())
+        self._latents.append(to_host(latent.float().flatten(1)))
+        self._labels.append(to_host(batch.labels))
 
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        wait_for_copies(trainer.strategy.root_device)
         local = (torch.cat(self._latents), torch.cat(self._labels)) if self._latents else None
         parts = [part for part in gather_shares(trainer, local) if part is not None]
         self._latents, self._labels = [], []

@@ -1,10 +1,21 @@
-"""Saving `last.ckpt` when a run is stopped by SIGTERM (preemption, `scancel`, `kill`)."""
+"""Stopping at a step's end and saving `last.ckpt` when a run is stopped by SIGTERM (preemption, `scancel`,
+`kill`) or SIGUSR1, and, under SLURM, requeueing the job."""
+
+import os
+import re
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from ae_lightning.callbacks.sample_grid import SampleGridCheckpoint, grid_path
 
@@ -12,10 +23,41 @@ from ae_lightning.callbacks.sample_grid import SampleGridCheckpoint, grid_path
 class PreemptionCheckpoint(Callback):
     """On SIGTERM, saves `last.ckpt` (mid-epoch) in the folder of every checkpoint callback that keeps a
     `last` one (with its grid, for a `SampleGridCheckpoint`), so that `fit --ckpt_path last` continues the
-    run. Lightning raises SIGTERMException on every rank at the same step, so the collective save is safe;
-    other exceptions (a crashed rank) save nothing, as a collective save could then wait forever for the
-    missing rank. The CLI adds it to every run.
+    run. The CLI adds it to every run.
+
+    Lightning turns SIGTERM into a SIGTERMException at the end of the step (of the call, with K steps per
+    call) in which it arrived, on every rank at the same step, so the save is collective and at a step
+    boundary: the checkpoint's step, loader place and random streams agree, and the resume is exact. Other
+    exceptions (a crashed rank) save nothing, as a collective save could then wait forever for the missing
+    rank.
+
+    SIGUSR1 stops the run the same way. Under SLURM it is the requeue signal (`--signal=SIGUSR1@90`): the
+    run then also saves Lightning's HPC checkpoint (`<default_root_dir>/hpc_ckpt_<n>.ckpt`, which the
+    requeued job resumes from) and requeues the job (`scontrol requeue`), at the step's end too. (Lightning's
+    own handler would save inside the signal handler, in the middle of a step.)
     """
+
+    def __init__(self) -> None:
+        self._requeue = False
+        self._previous_handler: Any = None
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        # before Lightning sets its signal handlers, which then leave SIGUSR1 to this one
+        if stage != TrainerFn.FITTING or threading.current_thread() is not threading.main_thread():
+            return
+        self._requeue = False
+        self._previous_handler = signal.signal(signal.SIGUSR1, self._on_sigusr1)
+
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGUSR1, self._previous_handler)
+            self._previous_handler = None
+
+    def _on_sigusr1(self, signum: int, frame: FrameType | None) -> None:
+        """SIGUSR1: stop as on SIGTERM (Lightning's handler records it and stops at the step's end), and
+        under SLURM requeue the job then."""
+        self._requeue = SLURMEnvironment.detect()
+        signal.raise_signal(signal.SIGTERM)
 
     def on_exception(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException
@@ -35,4 +77,36 @@ class PreemptionCheckpoint(Callback):
             trainer.save_checkpoint(path)
             if isinstance(callback, SampleGridCheckpoint) and trainer.is_global_zero:
                 callback.write_grid(trainer, grid_path(path))
-            rank_zero_info(f"Stopped by SIGTERM: saved {path}; resume with --ckpt_path last")
+            rank_zero_info(f"Stopped by a signal: saved {path}; resume with --ckpt_path last")
+        if self._requeue:
+            self._requeue = False
+            path = hpc_checkpoint_path(trainer.default_root_dir)
+            trainer.save_checkpoint(path)
+            rank_zero_info(f"Saved {path} for the requeued job")
+            if trainer.is_global_zero:
+                requeue_slurm_job()
+
+
+def hpc_checkpoint_path(folder: str | Path) -> Path:
+    """The next `hpc_ckpt_<n>.ckpt` in `folder`, the name Lightning resumes a requeued SLURM job from."""
+    numbers = [
+        int(match[1])
+        for path in Path(folder).glob("hpc_ckpt_*.ckpt")
+        if (match := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", path.name))
+    ]
+    return Path(folder) / f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt"
+
+
+def requeue_slurm_job() -> None:
+    """`scontrol requeue` of this job (of its array task), as Lightning's requeue does."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        rank_zero_warn(f"Requeuing SLURM job {job} failed: {err}")
+        return
+    if done.returncode == 0:
+        rank_zero_info(f"Requeued SLURM job: {job}")
+    else:
+        rank_zero_warn(f"Requeuing SLURM job {job} failed with error code {done.returncode}")

@@ -88,6 +88,15 @@ class ImageDataModule(LightningDataModule):
         """The name of each class, indexed by label (None: unknown)."""
         return None
 
+    def label_range(self) -> tuple[int, int] | None:
+        """The smallest and largest class label of the loaded splits (None: no labels), read once at set-up
+        (a conditional model checks them against its classes, so that no training step has to)."""
+        labels = [dataset.labels for dataset in self.datasets.values() if dataset.labels is not None]
+        labels = [split for split in labels if len(split)]
+        if not labels:
+            return None
+        return min(int(split.min()) for split in labels), max(int(split.max()) for split in labels)
+
     def setup(self, stage: str) -> None:
         """Loads the splits (on every rank), kept on the device when asked and it has room."""
         if self.datasets:
@@ -118,7 +127,7 @@ class ImageDataModule(LightningDataModule):
     def _keep_on_device(self) -> None:
         """Moves the splits to the training device when it has room for them (several times their size,
         for the float batches made from them and the model: 4x on a GPU, 2x in the main memory)."""
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        device = self._device()
         size = sum(dataset.nbytes for dataset in self.datasets.values())
         if free_memory(device) < (4 if device.type == "cuda" else 2) * size:
             self.resident = False
@@ -138,7 +147,17 @@ class ImageDataModule(LightningDataModule):
         generator = torch.Generator().manual_seed(self.split_seed)
         # training: a loader that checkpoints keep the place of, so a run resumes mid-epoch exactly
         loader_class = ResumableLoader if split == "train" and not predict else DataLoader
-        if self.resident and not predict:
+        if self.resident and predict:
+            # on the device like test, a whole batch per read and no worker process (which cannot touch a
+            # GPU); a batch sampler (Lightning's, in order, a disjoint share per rank) lets Lightning keep
+            # the order of the predictions
+            return DataLoader(
+                self.datasets[split].read_in_batches(),
+                batch_size=self.batch_size,
+                collate_fn=Batch.collate,
+                generator=generator,
+            )
+        if self.resident:
             # the sampler yields whole batches of indices; the dataset answers each with a batch
             return loader_class(
                 self.datasets[split], batch_size=None, sampler=self._batches(split), generator=generator
@@ -151,8 +170,13 @@ class ImageDataModule(LightningDataModule):
             generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available() and not self.resident,
+            # page-locked batches copy to a GPU while it works; not for a CPU run (pinning would start CUDA)
+            pin_memory=self._device().type == "cuda",
         )
+
+    def _device(self) -> torch.device:
+        """The device the run trains on (the CPU outside a trainer)."""
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
     def _batches(self, split: Split) -> ResidentBatches:
         """The resident path's sampler: the same order and DDP shares as the DataLoader path's."""
@@ -163,6 +187,7 @@ class ImageDataModule(LightningDataModule):
             self.split_seed,
             train=split == "train",
             steps_per_call=self.steps_per_call,
+            device=self.datasets[split].images.device,
         )
 
     def _sampler(self, split: Split) -> Sampler[int] | None:
@@ -191,7 +216,6 @@ class ImageDataModule(LightningDataModule):
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        # image by image: Lightning wraps the sampler to keep the order of the predictions under DDP
         return self._loader("predict" if "predict" in self.datasets else "test", predict=True)
 
 

@@ -62,6 +62,12 @@ class ImageTensorDataset(Dataset[Batch]):
             self.is_anomaly = self.is_anomaly.to(device)
         return self
 
+    def read_in_batches(self) -> "BatchReads":
+        """The same data (shared, not copied), read a batch at a time by a DataLoader (`BatchReads`)."""
+        reads = BatchReads.__new__(BatchReads)
+        reads.__dict__.update(self.__dict__)
+        return reads
+
     def __getitem__(self, index: int | Tensor | list[Tensor]) -> Batch | list[Batch]:
         if isinstance(index, list):
             return [self[batch] for batch in index]
@@ -78,6 +84,15 @@ class ImageTensorDataset(Dataset[Batch]):
         is_anomaly = None if self.is_anomaly is None else self.is_anomaly[index]
         labels = None if self.labels is None else self.labels[index]
         return Batch(x, labels, is_anomaly, index)
+
+
+class BatchReads(ImageTensorDataset):
+    """An `ImageTensorDataset` that a DataLoader with a batch sampler reads a whole batch at a time
+    (`__getitems__`): one indexing of the tensors per batch, on their device, instead of one per image.
+    Made by `ImageTensorDataset.read_in_batches`."""
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        return self[torch.tensor(indices, dtype=torch.long)]
 
 
 def binarize_once(images: Tensor, seed: int) -> Tensor:

@@ -78,7 +78,8 @@ class ResidentBatches(TrainingOrder):
 
     The order and DDP shares are those of the DataLoader path (`TrainingOrder`). With `steps_per_call`
     K > 1 each item is a list of K batches (fewer at the end of an epoch; `multistep.group_batches`), which
-    the module trains on in one call. `resume_at` counts items (batches, or lists of K batches).
+    the module trains on in one call. `resume_at` counts items (batches, or lists of K batches). With
+    `device`, an epoch's indices are copied there once, as one tensor, rather than batch by batch.
     """
 
     def __init__(
@@ -91,14 +92,17 @@ class ResidentBatches(TrainingOrder):
         seed: int = 0,
         even_shares: bool = True,
         steps_per_call: int = 1,
+        device: torch.device | None = None,
     ) -> None:
         super().__init__(dataset, num_replicas, rank, shuffle=shuffle, seed=seed, even_shares=even_shares)
         self.batch_size = batch_size
         self.steps_per_call = steps_per_call
+        self.device = device
 
     def __iter__(self) -> Iterator[torch.Tensor | list[torch.Tensor]]:
         start, self._start = self._start, 0
-        items = group_batches(self.share().split(self.batch_size), self.steps_per_call)
+        share = self.share() if self.device is None else self.share().to(self.device)
+        items = group_batches(share.split(self.batch_size), self.steps_per_call)
         for position, item in enumerate(items):
             if position >= start:
                 yield item
@@ -108,11 +112,17 @@ class ResidentBatches(TrainingOrder):
 
 
 def resident_batches(
-    dataset: Sized, trainer: Any, batch_size: int, split_seed: int, train: bool, steps_per_call: int = 1
+    dataset: Sized,
+    trainer: Any,
+    batch_size: int,
+    split_seed: int,
+    train: bool,
+    steps_per_call: int = 1,
+    device: torch.device | None = None,
 ) -> ResidentBatches:
     """The resident path's sampler of a split: this rank's share (of `trainer`'s world, one process without
     a trainer); training shuffled by (seed, epoch), in even shares and K batches per item; evaluation in
-    order, no item repeated."""
+    order, no item repeated; indices on `device` (that of the data)."""
     world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
     return ResidentBatches(
         dataset,
@@ -123,6 +133,7 @@ def resident_batches(
         seed=shuffle_seed(split_seed),
         even_shares=train,
         steps_per_call=steps_per_call if train else 1,
+        device=device,
     )
 
 

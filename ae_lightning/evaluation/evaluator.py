@@ -1,7 +1,5 @@
 """What validation and test measure beyond the loss terms, as one component a LightningModule holds."""
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MeanSquaredError, Metric
@@ -41,7 +39,8 @@ class Evaluator(nn.Module):
         self.ssim = (
             StructuralSimilarityIndexMeasure(data_range=high - low) if len(model.image_shape) == 3 else None
         )
-        self.nll = MeanMetric()
+        # no NaN check (a wait for a GPU at every batch): a NaN likelihood shows as a NaN mean
+        self.nll = MeanMetric(nan_strategy="disable")
         self.statistics = nn.ModuleDict(model.evaluation_metrics())
         self.threshold: float | None = None
 
@@ -49,8 +48,7 @@ class Evaluator(nn.Module):
     def validation_batch(self, model: Autoencoder, batch: Batch) -> None:
         """Collects the scores of normal images (one-class data) and the model's statistics."""
         if batch.is_anomaly is not None:
-            scores = model.anomaly_score(batch).float()
-            self.val_scores.update(scores[~batch.is_anomaly.bool()])
+            self.val_scores.update(model.anomaly_score(batch).float(), keep=~batch.is_anomaly.bool())
         for name, value in model.evaluation_inputs(batch).items():
             self.statistics[name].update(value)
 
@@ -71,24 +69,34 @@ class Evaluator(nn.Module):
         return results
 
     @torch.no_grad()
-    def test_batch(self, model: Autoencoder, batch: Batch) -> dict[str, Metric | float]:
-        """Updates the test metrics with a batch; returns what to log, by name (Lightning computes the
-        metrics over the whole set at the epoch's end)."""
+    def test_batch(self, model: Autoencoder, batch: Batch) -> None:
+        """Updates the test metrics with a batch (measured over the whole set by `test_end`)."""
         x = batch.images.float()
         reconstruction = model.reconstruct(batch).float()
         self.mse.update(reconstruction, x)
         self.psnr.update(reconstruction, x)
-        logged: dict[str, Any] = {"mse": self.mse, "psnr": self.psnr}
         if self.ssim is not None:
             self.ssim.update(reconstruction, x)
-            logged["ssim"] = self.ssim
         if isinstance(model, LogLikelihood) and model.reports_likelihood():
             self.nll.update(model.negative_log_likelihood(batch, model.nll_samples))
-            logged["nll"] = self.nll
         if batch.is_anomaly is not None:
-            scores = model.anomaly_score(batch).float()
-            self.one_class.update(scores, batch.is_anomaly, self.threshold)
-            logged |= {"auroc": self.one_class.auroc, "aupr": self.one_class.aupr}
+            self.one_class.update(model.anomaly_score(batch).float(), batch.is_anomaly)
+
+    def test_end(self) -> dict[str, Tensor | float]:
+        """What test measured over the whole set (every device's share), by name; resets it. Read at the end
+        of the epoch, so that no test batch waits for the device."""
+        metrics: dict[str, Metric] = {"mse": self.mse, "psnr": self.psnr, "nll": self.nll}
+        if self.ssim is not None:
+            metrics["ssim"] = self.ssim
+        results: dict[str, Tensor | float] = {}
+        for name, metric in metrics.items():
+            if metric.update_count > 0:
+                results[name] = metric.compute()
+            metric.reset()
+        if self.one_class.update_count > 0:
+            self.one_class.threshold = self.threshold
+            results |= self.one_class.compute()
             if self.threshold is not None:
-                logged |= {"f1": self.one_class.f1, "anomaly_threshold": self.threshold}
-        return logged
+                results["anomaly_threshold"] = self.threshold
+        self.one_class.reset()
+        return results

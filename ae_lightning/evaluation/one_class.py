@@ -1,9 +1,10 @@
 """One-class anomaly detection metrics: AUROC, AUPR, and F1 at a threshold chosen on normal data only."""
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryF1Score
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_f1_score
+from torchmetrics.utilities import dim_zero_cat
 
 from ae_lightning.errors import ConfigError
 
@@ -30,7 +31,9 @@ def squash(scores: Tensor) -> Tensor:
 
 
 class ScoreQuantile(Metric):
-    """A quantile of all scores seen (gathered across devices): the one-class anomaly threshold."""
+    """A quantile of the scores seen (gathered across devices) where `keep` is true: the one-class anomaly
+    threshold. The scores to leave out are dropped at `compute`, not in `update`: selecting them there would
+    make the host wait for a GPU at every batch to learn how many are left."""
 
     full_state_update = False
 
@@ -38,30 +41,52 @@ class ScoreQuantile(Metric):
         super().__init__()
         self.quantile = check_quantile(quantile)
         self.add_state("scores", [], dist_reduce_fx="cat")
+        self.add_state("keep", [], dist_reduce_fx="cat")
 
-    def update(self, scores: Tensor) -> None:
-        self.scores.append(scores.detach().double().flatten())
+    def update(self, scores: Tensor, keep: Tensor | None = None) -> None:
+        """`scores` (B,); `keep` (B,) bool, the scores that count (default all)."""
+        scores = scores.detach().double().flatten()
+        self.scores.append(scores)
+        self.keep.append(torch.ones_like(scores) if keep is None else keep.flatten().double())
 
     def compute(self) -> Tensor:
-        scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
+        scores, keep = (dim_zero_cat(state) for state in (self.scores, self.keep))
         # "higher": the threshold is a score that occurred, and at most (1 - q) of normal scores exceed it
-        return torch.quantile(scores, self.quantile, interpolation="higher")
+        return torch.quantile(scores[keep.bool()], self.quantile, interpolation="higher")
 
 
-class OneClassMetrics(nn.Module):
-    """AUROC and AUPR of anomaly scores (anomaly = positive class), and F1 of `score > threshold`."""
+class OneClassMetrics(Metric):
+    """AUROC and AUPR of anomaly scores (anomaly = positive class), and F1 of `score > threshold`, over
+    everything seen (gathered across devices).
+
+    The scores and targets are kept as they come and measured at `compute`, at the end of an epoch:
+    torchmetrics' binary metrics check and normalise their inputs in every `update`, which on a CPU reads
+    them on the host.
+    """
+
+    full_state_update = False
 
     def __init__(self) -> None:
         super().__init__()
-        self.auroc = BinaryAUROC()
-        self.aupr = BinaryAveragePrecision()
-        self.f1 = BinaryF1Score()
+        self.add_state("scores", [], dist_reduce_fx="cat")
+        self.add_state("targets", [], dist_reduce_fx="cat")
+        #: the decision threshold of `f1` (None: no F1)
+        self.threshold: float | None = None
 
-    def update(self, scores: Tensor, is_anomaly: Tensor, threshold: float | None) -> None:
-        """`scores` (B,), higher = more anomalous; `is_anomaly` (B,) the targets; F1 only with a threshold."""
-        target = is_anomaly.long()
-        self.auroc.update(squash(scores), target)
-        self.aupr.update(squash(scores), target)
-        if threshold is not None:
+    def update(self, scores: Tensor, is_anomaly: Tensor) -> None:
+        """`scores` (B,), higher = more anomalous; `is_anomaly` (B,) the targets."""
+        self.scores.append(scores.detach().double().flatten())
+        self.targets.append(is_anomaly.flatten().long())
+
+    def compute(self) -> dict[str, Tensor]:
+        """`auroc`, `aupr` and, with a threshold, `f1`."""
+        scores, targets = dim_zero_cat(self.scores), dim_zero_cat(self.targets)
+        results = {
+            "auroc": binary_auroc(squash(scores), targets, validate_args=False),
+            "aupr": binary_average_precision(squash(scores), targets, validate_args=False),
+        }
+        if self.threshold is not None:
             # integer predictions: torchmetrics takes them as the decisions, with no threshold of its own
-            self.f1.update((scores.detach() > threshold).long(), target)
+            decisions = (scores > self.threshold).long()
+            results["f1"] = binary_f1_score(decisions, targets, validate_args=False)
+        return results

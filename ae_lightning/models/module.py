@@ -6,11 +6,11 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
-from torchmetrics import Metric
 
 from ae_lightning import multistep
 from ae_lightning.autoencoders import Autoencoder, Conditional
 from ae_lightning.batch import Batch
+from ae_lightning.data.base import ImageDataModule
 from ae_lightning.evaluation import Evaluator
 from ae_lightning.evaluation.one_class import DEFAULT_ANOMALY_QUANTILE
 from ae_lightning.models.checkpointing import CheckpointState
@@ -63,6 +63,14 @@ class AutoencoderModule(CheckpointState, LightningModule):
         conditional = isinstance(self.model, Conditional)
         self.example_input_array = (example, torch.zeros(2, dtype=torch.long)) if conditional else example
         self._calls_warning = multistep.CallsWarning()
+
+    def setup(self, stage: str) -> None:
+        """A conditional model checks the range of the data's labels once, here, rather than in every step."""
+        datamodule = self.trainer.datamodule
+        if isinstance(self.model, Conditional) and isinstance(datamodule, ImageDataModule):
+            label_range = datamodule.label_range()
+            if label_range is not None:
+                self.model.check_labels(*label_range)
 
     def build_autoencoder(self, **model_args: Any) -> Autoencoder:
         """The variant's torch model, built from the config's arguments."""
@@ -162,16 +170,13 @@ class AutoencoderModule(CheckpointState, LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self._step(batch, "test")
-        for name, value in self.evaluator.test_batch(self.model, batch).items():
-            self.log(
-                f"test/{name}",
-                value,
-                on_step=False,
-                on_epoch=True,
-                batch_size=len(batch),
-                sync_dist=not isinstance(value, Metric),
-            )
+        self.evaluator.test_batch(self.model, batch)
         return loss
+
+    def on_test_epoch_end(self) -> None:
+        # the same on every process (the states were gathered): averaging keeps Lightning's DDP check quiet
+        for name, value in self.evaluator.test_end().items():
+            self.log(f"test/{name}", value, sync_dist=True)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Latent code, anomaly score, dataset index, label (when the batch has one) and, when the module

@@ -8,6 +8,7 @@ from torch import nn
 from ae_lightning.nets.conditional import OneHotConditionedDecoder, OneHotConditionedEncoder
 from ae_lightning.nets.conv import ConvDecoder, ConvEncoder
 from ae_lightning.nets.mlp import MLPDecoder, MLPEncoder
+from ae_lightning.nets.one_hot import one_hot
 from ae_lightning.nets.quantizer import Quantized, VectorQuantizer
 
 Backbone = Literal["mlp", "conv"]
@@ -48,4 +49,5 @@ __all__ = [
     "VectorQuantizer",
     "build_decoder",
     "build_encoder",
+    "one_hot",
 ]

@@ -8,6 +8,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ae_lightning.nets.one_hot import one_hot
+
 #: decay of the moving average of each code's use that finds dead codes (about the last 100 steps)
 USAGE_DECAY = 0.99
 #: Laplace smoothing of the EMA cluster sizes, so a code chosen by no vector keeps a finite value
@@ -101,13 +103,13 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _update(self, z: Tensor, indices: Tensor) -> None:
         """Moving averages of the code use (and, with EMA, of the code values), then dead-code reset."""
-        one_hot = F.one_hot(indices, self.codebook_size).float()
-        counts = _sum_over_processes(one_hot.sum(0))
+        assigned = one_hot(indices, self.codebook_size)  # (N, codebook_size)
+        counts = _sum_over_processes(assigned.sum(0))
         self.last_counts = counts
         self.usage.mul_(USAGE_DECAY).add_(counts, alpha=1 - USAGE_DECAY)
         if self.ema_decay > 0:
             decay = self.ema_decay
-            sums = _sum_over_processes(one_hot.T @ z)
+            sums = _sum_over_processes(assigned.T @ z)
             self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
             self.ema_code_sum.mul_(decay).add_(sums, alpha=1 - decay)
             total = self.ema_count.sum()
@@ -117,21 +119,23 @@ class VectorQuantizer(nn.Module):
             self._reset_dead_codes(z)
 
     def _reset_dead_codes(self, z: Tensor) -> None:
-        """Moves codes used less than `dead_code_threshold` x the mean use onto input vectors of process 0."""
+        """Moves codes used less than `dead_code_threshold` x the mean use onto input vectors of process 0.
+
+        Without a branch on the host: a candidate vector is drawn for every code at every update and only the
+        dead codes take theirs, so the host never waits for the device to learn how many codes are dead.
+        """
         mean_usage = self.usage.mean()
         # usage is the same on every process, so all find the same dead codes
-        dead = self.usage < self.dead_code_threshold * mean_usage
-        num_dead = int(dead.sum())
-        if num_dead == 0:
-            return
-        picks = torch.randint(z.shape[0], (num_dead,), device=z.device)
+        dead = self.usage < self.dead_code_threshold * mean_usage  # (codebook_size,)
+        picks = torch.randint(z.shape[0], (self.codebook_size,), device=z.device)
         replacements = z[picks].to(self.codebook.dtype).contiguous()
         if _is_distributed():
             dist.broadcast(replacements, src=0)
-        self.codebook.data[dead] = replacements
+        rows = dead[:, None]
+        self.codebook.data.copy_(torch.where(rows, replacements, self.codebook.data))
         # a reset code starts as an average one, so it has time to be chosen before it counts as dead again
-        self.usage[dead] = mean_usage
+        self.usage.copy_(torch.where(dead, mean_usage, self.usage))
         if self.ema_decay > 0:
             mean_count = self.ema_count.mean()
-            self.ema_count[dead] = mean_count
-            self.ema_code_sum[dead] = replacements * mean_count
+            self.ema_count.copy_(torch.where(dead, mean_count, self.ema_count))
+            self.ema_code_sum.copy_(torch.where(rows, replacements * mean_count, self.ema_code_sum))
