@@ -154,6 +154,25 @@ def test_each_rank_validates_a_disjoint_share_and_together_every_image_once(
     assert sorted(seen) == list(range(25))
 
 
+def test_each_rank_saves_and_restores_the_stream_of_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On GPUs each rank's checkpointed streams hold its own device's generator, put back on that device
+    (torch's per-device API is faked here; benchmarks/device_check.py uses the real one); a checkpoint's
+    list of per-rank streams gives each rank its own."""
+    from ae_lightning.models.rng import rank_states, rng_states, set_rng_states
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.tensor([7, device.index]))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    states = rng_states(torch.device("cuda", 1))
+    assert states["cuda"].tolist() == [7, 1]
+    set_rng_states(states, torch.device("cuda", 1))
+    assert [(state.tolist(), device) for state, device in restored] == [([7, 1], torch.device("cuda", 1))]
+    assert "cuda" not in rng_states(torch.device("cpu"))
+    saved = [{"rank": 0}, {"rank": 1}]
+    assert [rank_states(saved, rank, 2) for rank in (0, 1)] == saved
+    assert rank_states({"rank": 0}, 1, 2) == {"rank": 0}  # a checkpoint of an earlier version: one for all
+
+
 def test_bf16_mixed_fits_on_cpu(data_dir: Path, in_tmp: Path) -> None:
     fitted = main(["fit", "--config", AE, "--config", BF16, *tiny(data_dir)])
     assert fitted.trainer.precision == "bf16-mixed"
@@ -322,11 +341,16 @@ def test_a_signal_mid_epoch_stops_with_status_143_and_the_resumed_run_equals_an_
 
 
 @pytest.mark.slow
-def test_slurm_sigusr1_saves_requeues_and_the_requeued_job_resumes(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("k", [1, 4])
+def test_slurm_sigusr1_saves_at_a_step_boundary_requeues_and_the_requeued_job_resumes_exactly(
+    k: int, data_dir: Path, tmp_path: Path
+) -> None:
     """What SLURM does with `--signal=SIGUSR1@90` and `--requeue`, without a cluster: the job's environment,
-    SIGUSR1 then SIGTERM at step 2; Lightning saves an HPC checkpoint and calls `scontrol requeue` (a stand-in
-    records it); the requeued job (SLURM_RESTART_COUNT=1) resumes from it in the same run folder, with the
-    flags of scripts/slurm/train.sbatch."""
+    and SIGUSR1 arriving inside optimizer step 2 (after its backward; with K = 4, inside the first call). The
+    run finishes the step (the call), then saves an HPC checkpoint there and calls `scontrol requeue` (a
+    stand-in records it); the requeued job (SLURM_RESTART_COUNT=1) resumes from it in the same run folder,
+    with the flags of scripts/slurm/train.sbatch, and ends with the weights of a job that never stopped, to
+    the bit (VAE noise and dynamic binarisation included)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\n')
@@ -337,26 +361,70 @@ def test_slurm_sigusr1_saves_requeues_and_the_requeued_job_resumes(data_dir: Pat
         "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
     }  # fmt: skip
     job = [
-        "fit", "--config", AE, *tiny(data_dir), "--trainer.max_epochs=2",
+        "fit", "--config", str(CONFIGS / "vae.yaml"), *tiny(data_dir), "--trainer.max_epochs=2",
+        "--data.value_range=[0, 1]", "--data.binarize=true", "--trainer.deterministic=true",
+        f"--model.steps_per_call={k}",
         "--trainer.default_root_dir=runs/slurm/4242", "--trainer.logger.init_args.version=job_4242",
     ]  # fmt: skip
-    preempted = cli(
-        [*job, callback_flag("SendSignal", step=2, signals=["SIGUSR1", "SIGTERM"])],
-        cwd=tmp_path, env=slurm,
-    )  # fmt: skip
-    assert "sends itself" in preempted.stdout, preempted.stderr[-3000:]
+    (tmp_path / "unbroken").mkdir()
+    unbroken = cli(job, cwd=tmp_path / "unbroken", env=slurm)
+    assert unbroken.returncode == 0, unbroken.stderr[-3000:]
+
+    preempted = cli([*job, callback_flag("SignalBeforeOptimizerStep", step=1, signals=["SIGUSR1"])],
+                    cwd=tmp_path, env=slurm)  # fmt: skip
+    assert "sends itself ['SIGUSR1'] inside step 1" in preempted.stdout, preempted.stderr[-3000:]
+    assert preempted.returncode == 143, preempted.stderr[-3000:]
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
     hpc = tmp_path / "runs/slurm/4242/hpc_ckpt_1.ckpt"
-    assert torch.load(hpc, map_location="cpu", weights_only=True)["global_step"] == 2
+    saved = torch.load(hpc, map_location="cpu", weights_only=True)
+    # at the end of the step (K = 1: step 2) or of the call (K = 4: steps 1-4, the loader's first item)
+    assert saved["global_step"] == (2 if k == 1 else 4)
+    items = 2 if k == 1 else 1
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "items": items}]
 
     requeued = cli(job, cwd=tmp_path, env={**slurm, "SLURM_RESTART_COUNT": "1"})
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     output = requeued.stdout + requeued.stderr
     restored = re.search(r"Restoring states from the checkpoint path at (\S+)", output)
     assert restored and (tmp_path / restored[1]).resolve() == hpc
-    last = tmp_path / "runs/ae/job_4242/checkpoints/last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 10
-    assert last.with_suffix(".png").is_file()
+    last = "runs/vae/job_4242/checkpoints/last.ckpt"
+    assert torch.load(tmp_path / last, map_location="cpu", weights_only=True)["global_step"] == 10
+    assert (tmp_path / last).with_suffix(".png").is_file()
+    assert_same_weights(tmp_path / last, tmp_path / "unbroken" / last, atol=0)
+
+
+@pytest.mark.slow
+def test_two_processes_resume_every_ranks_random_streams_exactly(data_dir: Path, tmp_path: Path) -> None:
+    """Two gloo processes whose ranks draw from distinct streams (VAE noise, dynamic binarisation): 1 epoch,
+    then `fit --ckpt_path last` to epoch 2, ends with the weights and, on every rank, the random stream of
+    the unbroken 2-epoch run. (Restoring rank zero's streams on rank one would fail this.)"""
+    flags = [
+        "fit", "--config", str(CONFIGS / "vae.yaml"), "--config", DDP, *tiny(data_dir),
+        "--trainer.devices=2", "--data.batch_size=12", "--data.value_range=[0, 1]", "--data.binarize=true",
+        "--trainer.deterministic=true",
+    ]  # fmt: skip
+    for folder in ("unbroken", "resumed"):
+        (tmp_path / folder).mkdir()
+    streams = callback_flag("StreamsByRank", folder="streams")
+    runs = [
+        cli([*flags, "--trainer.max_epochs=2", streams], cwd=tmp_path / "unbroken"),
+        cli([*flags, "--trainer.max_epochs=1", streams], cwd=tmp_path / "resumed"),
+        cli([*flags, "--trainer.max_epochs=2", "--ckpt_path=last", streams], cwd=tmp_path / "resumed"),
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    (first_epoch,) = (tmp_path / "resumed" / "runs/vae/version_0/checkpoints").glob("epoch=0-*.ckpt")
+    saved = torch.load(first_epoch, map_location="cpu", weights_only=True)
+    assert len(saved["ae_lightning_rng_states"]) == 2  # one set of streams per rank
+    unbroken, resumed = (
+        [torch.load(tmp_path / folder / "streams" / f"stream_{rank}.pt") for rank in (0, 1)]
+        for folder in ("unbroken", "resumed")
+    )
+    assert not torch.equal(unbroken[0], unbroken[1])  # the ranks' streams differ
+    for rank in (0, 1):
+        assert torch.equal(resumed[rank], unbroken[rank]), f"rank {rank}"
+    last = "runs/vae/version_0/checkpoints/last.ckpt"
+    assert_same_weights(tmp_path / "resumed" / last, tmp_path / "unbroken" / last, atol=0)
 
 
 @pytest.mark.slow

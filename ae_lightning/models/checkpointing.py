@@ -6,9 +6,10 @@ from typing import IO, Any
 from lightning.pytorch import LightningModule
 from typing_extensions import Self
 
+from ae_lightning.callbacks.gather import gather_shares
 from ae_lightning.checkpoints import checkpoint_bytes, read_checkpoint
 from ae_lightning.errors import CheckpointError
-from ae_lightning.models.rng import RNG_STATES_KEY, rng_states, set_rng_states
+from ae_lightning.models.rng import RNG_STATES_KEY, rank_states, rng_states, set_rng_states
 
 #: the checkpoint entry holding the anomaly threshold chosen on validation
 ANOMALY_THRESHOLD_KEY = "anomaly_threshold"
@@ -30,9 +31,10 @@ class CheckpointState(LightningModule):
     anomaly_threshold: float | None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the random streams (noise of the VAE and the denoiser, dynamic binarisation) continue from here
-        # when the run is resumed, as they would had it not stopped
-        checkpoint[RNG_STATES_KEY] = rng_states()
+        # the random streams (noise of the VAE and the denoiser, dynamic binarisation) of every rank continue
+        # from here when the run is resumed, as they would had it not stopped. A collective: every rank saves
+        # a checkpoint together (Lightning's save_checkpoint is one), at a step's end (PreemptionCheckpoint)
+        checkpoint[RNG_STATES_KEY] = gather_shares(self.trainer, rng_states(self.device))
         checkpoint[ANOMALY_THRESHOLD_KEY] = self.anomaly_threshold
         checkpoint[FORMAT_KEY] = FORMAT
 
@@ -61,7 +63,9 @@ class CheckpointState(LightningModule):
         # Lightning's sanity-check validation would draw from them what an unbroken run never drew. (Not at
         # the first epoch's start: a run resumed mid-epoch goes on without starting that epoch again.)
         if self._resumed_rng_states is not None:
-            set_rng_states(self._resumed_rng_states)
+            trainer = self.trainer
+            states = rank_states(self._resumed_rng_states, trainer.global_rank, trainer.world_size)
+            set_rng_states(states, self.device)
             self._resumed_rng_states = None
 
     @classmethod
