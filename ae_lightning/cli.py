@@ -31,7 +31,7 @@ from ae_lightning.export.trainer import AutoencoderTrainer
 from ae_lightning.failures import Quiet, user_error
 from ae_lightning.files import write_error
 from ae_lightning.models import AutoencoderModule
-from ae_lightning.multistep import link_steps_per_call
+from ae_lightning.multistep import link_steps_per_call, take_gradient_clipping
 from ae_lightning.parser import ArgumentParser
 from ae_lightning.run_folders import NewRunFolder, newest_last_checkpoint, run_root
 
@@ -197,7 +197,8 @@ class AutoencoderCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Checks the optimizer's and scheduler's arguments by building them once (a bad `lr` would fail only
-        after the run folder is written)."""
+        after the run folder is written); with K steps per call the module clips gradients itself."""
+        take_gradient_clipping(self.trainer, self.model)
         try:
             self.model.configure_optimizers()
         except (ValueError, TypeError, KeyError) as err:

@@ -106,6 +106,24 @@ def _log_by_optimizer_step(module: "AutoencoderModule", first_step: int, means: 
         logger.log_metrics(metrics, step=last_step - 1)
 
 
+def take_gradient_clipping(trainer: Any, module: "AutoencoderModule") -> None:
+    """Before a fit with K steps per call: Lightning clips gradients only under automatic optimisation and
+    refuses `--trainer.gradient_clip_val` otherwise, so the module takes the trainer's clipping over and
+    clips each of its K steps itself (`clip_gradients`); the trainer's setting is cleared."""
+    if module.automatic_optimization or not trainer.gradient_clip_val:
+        return
+    module.gradient_clipping = (float(trainer.gradient_clip_val), trainer.gradient_clip_algorithm or "norm")
+    trainer.gradient_clip_val = None
+
+
+def clip_gradients(module: "AutoencoderModule", optimizer: torch.optim.Optimizer) -> None:
+    """Clips the gradients of one of K steps as Lightning clips an automatic step: after they are unscaled
+    (16-mixed), before the optimizer steps (called from `on_before_optimizer_step`)."""
+    if module.gradient_clipping is not None:
+        value, algorithm = module.gradient_clipping
+        module.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
+
+
 def step_scheduler(module: "AutoencoderModule") -> None:
     """At an epoch's end: steps the learning-rate scheduler where Lightning would (it leaves that to a
     manually optimised module), a ReduceLROnPlateau one with `val/loss`."""

@@ -97,3 +97,10 @@ class StreamsByRank(pl.Callback):
 
         os.makedirs(self.folder, exist_ok=True)
         torch.save(torch.get_rng_state(), os.path.join(self.folder, f"stream_{trainer.global_rank}.pt"))
+
+
+class InitialWeights(pl.Callback):
+    """Keeps a copy of the module's weights as the fit starts (`weights`)."""
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.weights = {name: value.detach().clone() for name, value in pl_module.state_dict().items()}

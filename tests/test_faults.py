@@ -16,7 +16,7 @@ from ae_lightning.checkpoints import read_checkpoint
 from ae_lightning.cli import main
 from ae_lightning.files import atomic_write
 from tests.conftest import CONFIGS, REPO, run_folder, tiny
-from tests.test_scaling import DDP, cli
+from tests.test_scaling import DDP, PRECISIONS, cli
 
 AE = str(CONFIGS / "ae.yaml")
 #: from epoch 1 on, a learning rate of 1e10: the weights overflow to inf and NaN within a step or two
@@ -29,15 +29,17 @@ def checkpoints(root: Path) -> list[str]:
     return sorted(path.name for path in (run_folder(root, "ae") / "checkpoints").glob("*.ckpt"))
 
 
+@pytest.mark.parametrize("precision", ["32", "fp16"])
 @pytest.mark.parametrize("steps_per_call", [1, 4])
 def test_a_nan_loss_stops_the_run_in_one_line_and_keeps_the_last_good_checkpoint(
-    steps_per_call: int, data_dir: Path, in_tmp: Path
+    steps_per_call: int, precision: str, data_dir: Path, in_tmp: Path
 ) -> None:
     """Epoch 0 trains well and is saved; in epoch 1 the weights blow up: the run stops within the logging
     interval (1 step here) naming the step, writes no checkpoint of epoch 1 (none named val_loss=nan),
-    and last.ckpt still holds epoch 0's finite weights."""
+    and last.ckpt still holds epoch 0's finite weights. With 16-mixed's GradScaler too, which skips the
+    steps whose gradients overflow but not weights that a huge learning rate broke."""
     args = ["fit", "--config", AE, *tiny(data_dir), "--trainer.max_epochs=3", BLOW_UP_IN_EPOCH_1,
-            f"--model.steps_per_call={steps_per_call}"]  # fmt: skip
+            f"--model.steps_per_call={steps_per_call}", *PRECISIONS[precision]]  # fmt: skip
     with pytest.raises(SystemExit) as error:
         main(args)
     message = str(error.value.code)

@@ -5,6 +5,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from ae_lightning import multistep
@@ -63,6 +64,9 @@ class AutoencoderModule(CheckpointState, LightningModule):
         conditional = isinstance(self.model, Conditional)
         self.example_input_array = (example, torch.zeros(2, dtype=torch.long)) if conditional else example
         self._calls_warning = multistep.CallsWarning()
+        #: (value, algorithm) of the gradient clipping that K steps per call apply themselves (Lightning clips
+        #: automatic steps only): taken from the trainer's by `multistep.take_gradient_clipping`
+        self.gradient_clipping: tuple[float, str] | None = None
 
     def setup(self, stage: str) -> None:
         """A conditional model checks the range of the data's labels once, here, rather than in every step."""
@@ -140,8 +144,20 @@ class AutoencoderModule(CheckpointState, LightningModule):
         if not self.automatic_optimization:
             multistep.step_scheduler(self)
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.automatic_optimization:
+            multistep.clip_gradients(self, optimizer)
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())
+        if self._clips_under_mixed_precision() and optimizer.defaults.get("fused"):
+            # Lightning refuses to clip in mixed precision with an optimizer whose fused step unscales the
+            # gradients itself (16-mixed: clipping would see them scaled), bf16 included
+            rank_zero_warn(
+                f"gradient clipping in {self.trainer.precision} precision: {type(optimizer).__name__} with "
+                "fused=False, as Lightning clips only an optimizer that is not fused there"
+            )
+            optimizer = type(optimizer)(self.parameters(), **{**optimizer.defaults, "fused": False})
         if self.lr_scheduler is None:
             return optimizer
         scheduler = {"scheduler": self.lr_scheduler(optimizer)}
@@ -149,6 +165,15 @@ class AutoencoderModule(CheckpointState, LightningModule):
         if self.automatic_optimization:
             scheduler["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _clips_under_mixed_precision(self) -> bool:
+        """Whether the trainer this module is attached to clips gradients in mixed precision."""
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached (the CLI's check of the optimizer's arguments)
+            return False
+        clips = bool(trainer.gradient_clip_val) or self.gradient_clipping is not None
+        return clips and "mixed" in str(trainer.precision)
 
     # --- evaluation ---
 

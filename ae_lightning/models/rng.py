@@ -44,7 +44,8 @@ def set_rng_states(states: dict[str, Any], device: torch.device | None = None) -
 
 def rank_states(saved: Any, rank: int, world_size: int) -> dict[str, Any]:
     """The streams of `rank` in what a checkpoint holds (`RNG_STATES_KEY`). Resuming on another number of
-    processes than saved it cannot continue every stream: rank r takes rank (r mod saved)'s, with a warning."""
+    processes than saved it cannot continue every stream: rank r takes rank (r mod saved)'s, and a warning
+    says so."""
     if isinstance(saved, dict):
         return saved
     if len(saved) != world_size:
