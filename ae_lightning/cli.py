@@ -24,8 +24,10 @@ from ae_lightning.callbacks import (
     PreemptionCheckpoint,
     ProgressBar,
     SaveRunConfig,
+    StepWatchdog,
 )
 from ae_lightning.checkpoints import SafeCheckpointIO, check_checkpoint
+from ae_lightning.cluster import check_gpu_binding
 from ae_lightning.errors import CheckpointError, ConfigError, TrainingError
 from ae_lightning.export.trainer import AutoencoderTrainer
 from ae_lightning.failures import Quiet, user_error
@@ -89,6 +91,8 @@ class AutoencoderCLI(LightningCLI):
         link_steps_per_call(parser)
         # in every run: a loss that becomes NaN stops it (--nonfinite_loss.stop false trains on)
         parser.add_lightning_class_args(NonFiniteLossCheck, "nonfinite_loss")
+        # under DDP: a rank that died or hangs ends the job in minutes, not at NCCL's 30-minute timeout
+        parser.add_lightning_class_args(StepWatchdog, "step_watchdog")
         parser.add_argument(
             "--float32_matmul_precision",
             type=Literal["highest", "high", "medium"],
@@ -170,6 +174,8 @@ class AutoencoderCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         torch.set_float32_matmul_precision(config.get("float32_matmul_precision") or "highest")
+        if subcommand:
+            check_gpu_binding(config.trainer.get("accelerator"))
         # an export writes its own folder (--output), not a run
         if subcommand and subcommand != "export" and rank_zero_only.rank == 0:
             self.state.new_run_folder = NewRunFolder(self.config[subcommand].trainer)

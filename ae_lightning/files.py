@@ -10,6 +10,14 @@ from typing import IO
 
 from ae_lightning.errors import WriteError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no locks (and no multi-node runs)
+    fcntl = None  # type: ignore[assignment]
+
+#: the lock file `folder_lock` takes in a data or cache folder
+LOCK_NAME = ".ae_lightning.lock"
+
 #: what an OSError of a write means for the user, by errno, and what to do about it
 _FULL = "make room there or write the run elsewhere (--trainer.logger.init_args.save_dir)"
 _LOCKED = "write the run elsewhere (--trainer.logger.init_args.save_dir) or make the folder writable"
@@ -68,3 +76,23 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         if isinstance(err, OSError):
             raise write_error(err, path) from err
         raise
+
+
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """Holds an exclusive lock on `folder` (flock on a lock file in it) while the block runs, so processes
+    that prepare the same shared folder (each node's `prepare_data` in a multi-node run, or two runs started
+    together) take turns: one downloads or decodes, the next finds its files. Where no lock file can be made
+    (a read-only folder), the block runs unlocked."""
+    handle = None
+    if fcntl is not None:
+        with suppress(OSError):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            handle = open(Path(folder) / LOCK_NAME, "a")  # noqa: SIM115
+            fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()

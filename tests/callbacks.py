@@ -104,3 +104,17 @@ class InitialWeights(pl.Callback):
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self.weights = {name: value.detach().clone() for name, value in pl_module.state_dict().items()}
+
+
+class HangRank(pl.Callback):
+    """Makes rank `rank` hang (sleep, alive) after training batch `step`: its peers wait in a collective."""
+
+    def __init__(self, step: int, rank: int = 1, seconds: float = 600) -> None:
+        self.step = step
+        self.rank = rank
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", *args: object) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            print(f"rank {self.rank} hangs", flush=True)
+            time.sleep(self.seconds)

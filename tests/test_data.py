@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import os
 import shutil
 from pathlib import Path
 from urllib.error import URLError
@@ -247,3 +248,48 @@ def test_a_batch_is_the_same_whether_collated_item_by_item_or_indexed_whole(data
     assert torch.equal(whole.index, rows) and len(whole) == 4
     moved = whole.to("cpu", torch.float64)
     assert moved.images.dtype == torch.float64 and moved.labels.dtype == whole.labels.dtype  # images only
+
+
+#: a process that prepares MNIST in a folder with a stand-in download (slow, logged) and then reads it
+_PREPARE = """
+import os, sys, time
+from pathlib import Path
+import torchvision
+from tests.conftest import write_tiny_dataset
+
+def download(self):
+    if self._check_exists():
+        return
+    with open(sys.argv[2], "a") as log:
+        log.write(f"download by {os.getpid()}\\n")
+    time.sleep(1.5)
+    write_tiny_dataset(Path(sys.argv[1]))
+
+torchvision.datasets.MNIST.download = download
+from ae_lightning.data import MNISTDataModule
+
+MNISTDataModule(data_dir=sys.argv[1], val_size=24).prepare_data()
+datamodule = MNISTDataModule(data_dir=sys.argv[1], val_size=24)
+datamodule.setup("fit")
+print("read", len(datamodule.datasets["train"]))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_preparing_one_shared_folder_download_once(tmp_path: Path) -> None:
+    """Every node's prepare_data of a multi-node run may fetch into one shared data folder at once: a lock
+    on the folder lets one download while the other waits, then finds the files."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    log = tmp_path / "downloads.log"
+    command = [sys.executable, "-c", _PREPARE, str(tmp_path / "shared"), str(log)]
+    racing = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]  # fmt: skip
+    outputs = [process.communicate(timeout=120) for process in racing]
+    assert [process.returncode for process in racing] == [0, 0], outputs
+    assert [out.strip() for out, _ in outputs] == ["read 72", "read 72"]
+    assert len(log.read_text().splitlines()) == 1  # one download, not one per process

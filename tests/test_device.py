@@ -107,3 +107,33 @@ def test_predict_on_resident_data_reads_whole_batches_and_equals_the_dataloader_
     for name in predictions[0]:
         torch.testing.assert_close(predictions[0][name], predictions[1][name], rtol=0, atol=1e-6, msg=name)
     assert predictions[0]["index"].tolist() == list(range(40))
+
+
+def test_the_room_check_counts_the_copy_of_every_process_of_the_machine(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resident in the main memory, every DDP process of a machine keeps its own copy: memory for 1 but not
+    2 copies keeps 1 process resident, and sends 2 processes (of one machine, not of two) to the DataLoader
+    path with a warning."""
+    import ae_lightning.data.base as base
+
+    def resident(world_size: int, num_nodes: int) -> bool:
+        datamodule = MNISTDataModule(data_dir=data_dir, val_size=VAL_SIZE, batch_size=16)
+        datamodule.trainer = FakeTrainer(world_size, 0, num_nodes)
+        datamodule.setup("fit")
+        return datamodule.resident
+
+    size = (96 + 40) * 28 * 28 + (96 + 40) * 8  # uint8 images and int64 labels
+    monkeypatch.setattr(base, "free_memory", lambda device: 3 * size)  # room for 1.5 copies (2x each)
+    assert resident(1, 1) and resident(2, 2)
+    with pytest.warns(UserWarning, match=r"MB x 2 processes\) does not fit beside the model on cpu"):
+        assert not resident(2, 1)
+
+
+def test_memory_mapped_rows_go_to_a_device_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ae_lightning.data.datasets as datasets
+
+    monkeypatch.setattr(datasets, "GATHER_BYTES", 3 * 16)  # 3 images of 1x4x4 per chunk
+    images = torch.arange(10 * 16, dtype=torch.uint8).view(10, 1, 4, 4)
+    rows = torch.tensor([9, 2, 2, 5, 0, 7, 1])
+    assert torch.equal(datasets.gather_rows(images, rows, "cpu"), images[rows])

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 from ae_lightning.cli import main
 from ae_lightning.data import MNISTDataModule
 from ae_lightning.data.samplers import TrainingOrder
-from tests.conftest import CONFIGS, NUM_TRAIN, REPO, VAL_SIZE, read_png, run_folder, tiny
+from tests.conftest import CONFIGS, NUM_TRAIN, REPO, VAL_SIZE, read_png, run_and_fail, run_folder, tiny
 
 AE, DDP, BF16 = (str(CONFIGS / name) for name in ("ae.yaml", "trainer/ddp.yaml", "trainer/bf16.yaml"))
 #: plain SGD: one step is lr x gradient, so equal gradients give equal weights (Adam's first step is
@@ -125,10 +126,10 @@ def test_a_resumed_loader_hands_out_the_rest_of_its_epoch_and_then_whole_epochs(
 
 
 class FakeTrainer:
-    """What the datamodule asks of its trainer: world size, rank and device."""
+    """What the datamodule asks of its trainer: world size, rank, nodes and device."""
 
-    def __init__(self, world_size: int, global_rank: int) -> None:
-        self.world_size, self.global_rank = world_size, global_rank
+    def __init__(self, world_size: int, global_rank: int, num_nodes: int = 1) -> None:
+        self.world_size, self.global_rank, self.num_nodes = world_size, global_rank, num_nodes
         self.strategy = type("Strategy", (), {"root_device": torch.device("cpu")})()
 
 
@@ -308,6 +309,76 @@ def test_ckpt_path_last_without_a_run_to_test_is_one_clear_error(data_dir: Path,
         main(["test", "--config", AE, *tiny(data_dir), "--ckpt_path", "last"])
     message = str(exit_info.value)
     assert message.startswith("error: --ckpt_path last: no runs/ae/version_<n>/checkpoints/last.ckpt to test")
+
+
+def fake_command(bin_dir: Path, name: str, log: Path) -> None:
+    """A stand-in for `name` on PATH that writes its arguments, one per line, to `log`."""
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(f'#!/bin/sh\nfor arg in "$@"; do echo "$arg"; done > {log}\n')
+    (bin_dir / name).chmod(0o755)
+
+
+@pytest.mark.parametrize("gpus", ["4", ""])
+def test_the_sbatch_script_ends_the_job_with_a_failed_process_and_shows_each_every_gpu(
+    gpus: str, tmp_path: Path
+) -> None:
+    """srun ends every process when one fails, and with GPUs lets each see all of its node's (Lightning puts
+    local rank r on GPU r); devices and nodes are SLURM's."""
+    fake_command(tmp_path / "bin", "srun", tmp_path / "srun.log")
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "SLURM_JOB_ID": "77",
+           "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4", "SLURM_GPUS_ON_NODE": gpus}  # fmt: skip
+    script = REPO / "scripts" / "slurm" / "train.sbatch"
+    done = subprocess.run(["bash", str(script), "configs/ae.yaml", "--trainer.max_epochs", "3"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    args = (tmp_path / "srun.log").read_text().split("\n")
+    assert args[0] == "--kill-on-bad-exit=1"
+    assert ("--gpu-bind=none" in args) == bool(gpus)
+    flags = " ".join(args)
+    assert "--trainer.num_nodes 2 --trainer.devices 4" in flags and "--trainer.max_epochs 3" in flags
+
+
+@pytest.mark.parametrize(
+    "variables, expected",
+    [
+        ({"GPUS": "4"}, ["--nodes=1", "--ntasks-per-node=4", "--gpus-per-node=4"]),
+        ({"GPUS": "8", "NODES": "2"}, ["--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8"]),
+        ({"GPUS": "0", "TASKS": "2"}, ["--nodes=1", "--ntasks-per-node=2"]),
+        ({"GPUS": "2", "SBATCH_ARGS": "--partition=gpu --time=1:00:00"},
+         ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=2", "--partition=gpu", "--time=1:00:00"]),
+    ],
+)  # fmt: skip
+def test_submit_asks_for_gpus_with_one_variable(variables: dict, expected: list[str], tmp_path: Path) -> None:
+    fake_command(tmp_path / "bin", "sbatch", tmp_path / "sbatch.log")
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", **variables}
+    script = REPO / "scripts" / "slurm" / "submit.sh"
+    done = subprocess.run([str(script), "configs/vae.yaml", "--trainer.max_epochs", "5"], env=env,
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    args = (tmp_path / "sbatch.log").read_text().split()
+    assert args == [
+        *expected,
+        str(script.parent / "train.sbatch"),
+        "configs/vae.yaml",
+        "--trainer.max_epochs",
+        "5",
+    ]
+
+
+def test_a_process_shown_one_gpu_of_several_is_one_line_before_anything_runs(
+    data_dir: Path, in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Where the cluster binds one GPU to each task, local rank 1 would look for GPU 1 and fail after the
+    job's wait in the queue: the CLI says what to change, before any run folder is made."""
+    for name, value in {"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_NAME": "ae",
+                        "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    on_any_device = [flag for flag in tiny(data_dir) if not flag.startswith("--trainer.accelerator")]
+    line = run_and_fail(["fit", "--config", AE, *on_any_device], capsys)
+    assert line.startswith("error: SLURM runs 4 processes on this node but shows this one 1 GPU(s)")
+    assert "srun --gpu-bind=none" in line
+    assert not (in_tmp / "runs").exists()
 
 
 # --- several processes, through the real command ---
@@ -524,6 +595,24 @@ def test_a_crashing_rank_ends_the_whole_job(data_dir: Path, tmp_path: Path, rank
     assert result.returncode != 0
     # the surviving rank's error names the cause: its peer went away
     assert "Check the logs of the remote worker" in output
+
+
+@pytest.mark.slow
+def test_a_hanging_rank_ends_the_job_within_the_step_watchdogs_limit(data_dir: Path, tmp_path: Path) -> None:
+    """Rank 1 hangs alive after step 2 (no connection closes: gloo would wait out its 30-minute timeout, as
+    NCCL does for a dead rank): the step watchdog ends every process within its limit (6 s here), with one
+    line saying why. Data preparation and set-up before training are not watched."""
+    start = time.monotonic()
+    result = cli(
+        ["fit", "--config", AE, "--config", DDP, *tiny(data_dir), "--trainer.devices=2",
+         "--trainer.max_epochs=5", "--step_watchdog.minutes=0.1", callback_flag("HangRank", step=2, rank=1)],
+        cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert "rank 1 hangs" in output
+    assert result.returncode == 1, output[-3000:]
+    assert "no training or validation step finished for 0.1 minutes" in result.stderr
+    assert time.monotonic() - start < 60
 
 
 @pytest.mark.slow

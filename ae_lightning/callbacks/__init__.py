@@ -9,6 +9,7 @@ from ae_lightning.callbacks.progress import ProgressBar
 from ae_lightning.callbacks.run_config import SaveRunConfig
 from ae_lightning.callbacks.sample_grid import SampleGridCheckpoint
 from ae_lightning.callbacks.test_pictures import TestPictures
+from ae_lightning.callbacks.watchdog import StepWatchdog
 
 __all__ = [
     "FeatureQuality",
@@ -19,5 +20,6 @@ __all__ = [
     "ProgressBar",
     "SampleGridCheckpoint",
     "SaveRunConfig",
+    "StepWatchdog",
     "TestPictures",
 ]

@@ -11,6 +11,7 @@ from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
@@ -19,6 +20,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from ae_lightning.callbacks.sample_grid import SampleGridCheckpoint, grid_path
 
+#: what a rank's SIGUSR1 asked for, in increasing order (the ranks take the largest)
+_NOT_SIGNALLED, _STOP, _REQUEUE = 0, 1, 2
+
 
 class PreemptionCheckpoint(Callback):
     """On SIGTERM, saves `last.ckpt` (mid-epoch) in the folder of every checkpoint callback that keeps a
@@ -26,26 +30,29 @@ class PreemptionCheckpoint(Callback):
     run. The CLI adds it to every run.
 
     Lightning turns SIGTERM into a SIGTERMException at the end of the step (of the call, with K steps per
-    call) in which it arrived, on every rank at the same step, so the save is collective and at a step
-    boundary: the checkpoint's step, loader place and random streams agree, and the resume is exact. Other
-    exceptions (a crashed rank) save nothing, as a collective save could then wait forever for the missing
-    rank.
+    call) in which it arrived, so the save is at a step boundary: the checkpoint's step, loader place and
+    random streams agree, and the resume is exact. Other exceptions (a crashed rank) save nothing, as a
+    collective save could then wait forever for the missing rank.
 
-    SIGUSR1 stops the run the same way. Under SLURM it is the requeue signal (`--signal=SIGUSR1@90`): the
+    SIGUSR1 stops the run the same way, by this callback: its handler only takes note, and at the end of
+    each training step (call) the ranks agree whether any of them was signalled (one small all-reduce under
+    DDP), so all stop after the same step. Under SLURM it is the requeue signal (`--signal=SIGUSR1@90`): the
     run then also saves Lightning's HPC checkpoint (`<default_root_dir>/hpc_ckpt_<n>.ckpt`, which the
-    requeued job resumes from) and requeues the job (`scontrol requeue`), at the step's end too. (Lightning's
-    own handler would save inside the signal handler, in the middle of a step.)
+    requeued job resumes from) and requeues the job (`scontrol requeue`). (Lightning's own handler would
+    save inside the signal handler, in the middle of a step, with a collective that the other ranks, in
+    theirs, may not be at.)
     """
 
     def __init__(self) -> None:
-        self._requeue = False
+        self._signalled = _NOT_SIGNALLED  # what this rank's SIGUSR1 asked for
+        self._requeue = False  # what the ranks agreed
         self._previous_handler: Any = None
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         # before Lightning sets its signal handlers, which then leave SIGUSR1 to this one
         if stage != TrainerFn.FITTING or threading.current_thread() is not threading.main_thread():
             return
-        self._requeue = False
+        self._signalled, self._requeue = _NOT_SIGNALLED, False
         self._previous_handler = signal.signal(signal.SIGUSR1, self._on_sigusr1)
 
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
@@ -54,10 +61,20 @@ class PreemptionCheckpoint(Callback):
             self._previous_handler = None
 
     def _on_sigusr1(self, signum: int, frame: FrameType | None) -> None:
-        """SIGUSR1: stop as on SIGTERM (Lightning's handler records it and stops at the step's end), and
-        under SLURM requeue the job then."""
-        self._requeue = SLURMEnvironment.detect()
-        signal.raise_signal(signal.SIGTERM)
+        """SIGUSR1: stop at the end of the step, and under SLURM requeue the job then (no collective and no
+        save here: the ranks are not in step inside a signal handler)."""
+        self._signalled = _REQUEUE if SLURMEnvironment.detect() else _STOP
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", *args: Any) -> None:
+        """At a step's (call's) end: stops every rank if any was signalled (SIGTERMException, as SIGTERM)."""
+        agreed = self._signalled
+        if trainer.world_size > 1:
+            flag = torch.tensor(float(self._signalled), device=trainer.strategy.root_device)
+            agreed = int(trainer.strategy.reduce(flag, reduce_op="max"))
+        if agreed != _NOT_SIGNALLED:
+            self._signalled, self._requeue = _NOT_SIGNALLED, agreed == _REQUEUE
+            rank_zero_info("Stopping at the end of this step: SIGUSR1")
+            raise SIGTERMException()
 
     def on_exception(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException

@@ -125,21 +125,30 @@ class ImageDataModule(LightningDataModule):
         return datasets
 
     def _keep_on_device(self) -> None:
-        """Moves the splits to the training device when it has room for them (several times their size,
-        for the float batches made from them and the model: 4x on a GPU, 2x in the main memory)."""
+        """Moves the splits to the training device when it has room for them: several times their size, for
+        the float batches made from them and the model; 4x on a GPU, and in the main memory 2x for every
+        process of this machine (under DDP each keeps its own copy, all at once)."""
         device = self._device()
         size = sum(dataset.nbytes for dataset in self.datasets.values())
-        if free_memory(device) < (4 if device.type == "cuda" else 2) * size:
+        processes = 1 if device.type == "cuda" else self._processes_per_machine()
+        needed = (4 if device.type == "cuda" else 2) * size * processes
+        if free_memory(device) < needed:
             self.resident = False
+            copies = f" x {processes} processes" if processes > 1 else ""
             rank_zero_warn(
-                f"{self.describe()} ({size / 2**20:.0f} MB) does not fit beside the model on {device}: "
-                "reading it with a DataLoader instead (set --data.resident false to silence this)"
+                f"{self.describe()} ({size / 2**20:.0f} MB{copies}) does not fit beside the model on "
+                f"{device}: reading it with a DataLoader instead (set --data.resident false to silence this)"
             )
             if self.steps_per_call > 1:
                 raise ConfigError("steps_per_call > 1 needs the data on the device, which lacks the memory")
             return
         for dataset in self.datasets.values():
             dataset.to(device)
+
+    def _processes_per_machine(self) -> int:
+        """The processes of the run on this machine (1 outside a trainer)."""
+        trainer = self.trainer
+        return max(1, trainer.world_size // max(1, trainer.num_nodes)) if trainer is not None else 1
 
     def _loader(self, split: Split, predict: bool = False) -> DataLoader:
         # each new iterator draws a worker seed from this generator instead of the global stream, which

@@ -21,6 +21,7 @@ from ae_lightning.data.base import (
 )
 from ae_lightning.data.datasets import ImageTensorDataset
 from ae_lightning.errors import ConfigError, DataError
+from ae_lightning.files import folder_lock
 
 NUM_CLASSES = 10
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -125,6 +126,13 @@ class CIFAR10DataModule(ImageDataModule):
         `download` is off."""
         if not self._missing():
             return
+        # one process at a time per folder (nodes sharing it): the next finds the files the first fetched
+        with folder_lock(self.data_dir):
+            if self._missing():
+                self._fetch()
+
+    def _fetch(self) -> None:
+        """Extracts the archive, downloading it first where it is missing."""
         archive = self.data_dir / ARCHIVE
         try:
             if not archive.is_file():

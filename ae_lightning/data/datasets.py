@@ -53,7 +53,10 @@ class ImageTensorDataset(Dataset[Batch]):
 
     def to(self, device: torch.device | str) -> "ImageTensorDataset":
         """Keeps images and labels on `device` (in place; only this dataset's rows); returns self."""
-        if self.rows is not None:
+        if self.rows is not None and torch.device(device).type != "cpu":
+            # row by row into the device's memory: no host copy of the whole split in every process
+            self.images, self.rows = gather_rows(self.images, self.rows, device), None
+        elif self.rows is not None:
             self.images, self.rows = self.images[self.rows], None
         self.images = self.images.to(device)
         if self.labels is not None:
@@ -84,6 +87,19 @@ class ImageTensorDataset(Dataset[Batch]):
         is_anomaly = None if self.is_anomaly is None else self.is_anomaly[index]
         labels = None if self.labels is None else self.labels[index]
         return Batch(x, labels, is_anomaly, index)
+
+
+#: rows copied to a device at a time by `gather_rows` (64 MB)
+GATHER_BYTES = 2**26
+
+
+def gather_rows(images: Tensor, rows: Tensor, device: torch.device | str) -> Tensor:
+    """`images[rows]` on `device`, copied a few rows at a time, so the host holds one chunk, not all."""
+    gathered = torch.empty((len(rows), *images.shape[1:]), dtype=images.dtype, device=device)
+    step = max(1, GATHER_BYTES // max(1, images[0].nbytes))
+    for start in range(0, len(rows), step):
+        gathered[start : start + step].copy_(images[rows[start : start + step]])
+    return gathered
 
 
 class BatchReads(ImageTensorDataset):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ae_lightning.data.image_files import Resize, fit_to_size, read_image
 from ae_lightning.errors import DataError
-from ae_lightning.files import atomic_write, write_failure
+from ae_lightning.files import atomic_write, folder_lock, write_failure
 
 #: bump when the decoding changes what the pixels of a cached array are
 CACHE_VERSION = 1
@@ -111,7 +111,10 @@ def decode_images(
     key = cache_key(files, settings)
     array_path, index_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if not (index_path.is_file() and array_path.is_file()):
-        _decode_into(files, settings, array_path, index_path, workers, description)
+        # one process at a time per cache (nodes sharing it): the next finds the cache the first wrote
+        with folder_lock(cache_dir):
+            if not (index_path.is_file() and array_path.is_file()):
+                _decode_into(files, settings, array_path, index_path, workers, description)
     try:
         index = json.loads(index_path.read_text())
         # copy-on-write: writable for torch, the file is never changed

@@ -17,6 +17,7 @@ from ae_lightning.data.base import (
 from ae_lightning.data.datasets import ImageTensorDataset, binarize_once
 from ae_lightning.data.idx import check_split
 from ae_lightning.errors import ConfigError, DataError
+from ae_lightning.files import folder_lock
 
 DatasetName = Literal["MNIST", "FashionMNIST", "KMNIST"]
 #: every dataset of the family has these classes
@@ -97,6 +98,14 @@ class MNISTDataModule(ImageDataModule):
         content: a recompressed archive of valid IDX data is used, with a notice), then downloads what is
         still missing (unless `download` is off)."""
         needed = [*self._extracted_files("train"), *self._extracted_files("t10k")]
+        if all(path.is_file() for path in needed):
+            return
+        # one process at a time per folder (nodes sharing it): the next finds the files the first fetched
+        with folder_lock(self.data_dir):
+            self._fetch(needed)
+
+    def _fetch(self, needed: list[Path]) -> None:
+        """Extracts, then downloads, what of `needed` is still missing."""
         if all(path.is_file() for path in needed):
             return
         recompressed = extract_archives(self.raw_folder, self.dataset_class.resources)
