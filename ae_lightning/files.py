@@ -79,13 +79,14 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
 
 
 @contextmanager
-def folder_lock(folder: str | Path) -> Iterator[None]:
+def folder_lock(folder: str | Path, create: bool = True) -> Iterator[None]:
     """Holds an exclusive lock on `folder` (flock on a lock file in it) while the block runs, so processes
     that prepare the same shared folder (each node's `prepare_data` in a multi-node run, or two runs started
-    together) take turns: one downloads or decodes, the next finds its files. Where no lock file can be made
-    (a read-only folder), the block runs unlocked."""
+    together) take turns: one downloads or decodes, the next finds its files. The folder is made unless not
+    `create` (then a missing folder is not locked: there is nothing in it to prepare). Where no lock file
+    can be made (a read-only folder), the block runs unlocked."""
     handle = None
-    if fcntl is not None:
+    if fcntl is not None and (create or Path(folder).is_dir()):
         with suppress(OSError):
             Path(folder).mkdir(parents=True, exist_ok=True)
             handle = open(Path(folder) / LOCK_NAME, "a")  # noqa: SIM115

@@ -42,19 +42,23 @@ def write_tiny_dataset(root: Path, name: str = "MNIST") -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data folder holding tiny MNIST, FashionMNIST, KMNIST and CIFAR-10, and two folders of image files:
-    `images/` (class folders) and `inspection/` (the one-class layout). Read-only: copy before damaging."""
+def write_tiny_data(root: Path) -> Path:
+    """Writes tiny MNIST, FashionMNIST, KMNIST and CIFAR-10, and two folders of image files, `images/` (class
+    folders) and `inspection/` (the one-class layout), under `root`; returns `root`."""
     from tests.images import write_class_folder, write_one_class_folder, write_tiny_cifar
 
-    root = tmp_path_factory.mktemp("data")
     for name in ("MNIST", "FashionMNIST", "KMNIST"):
         write_tiny_dataset(root, name)
     write_class_folder(root / "images")
     write_one_class_folder(root / "inspection")
     write_tiny_cifar(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny data of `write_tiny_data`, for the whole session. Read-only: copy before damaging."""
+    return write_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 def read_png(path: Path) -> torch.Tensor:

@@ -137,3 +137,31 @@ def test_memory_mapped_rows_go_to_a_device_a_chunk_at_a_time(monkeypatch: pytest
     images = torch.arange(10 * 16, dtype=torch.uint8).view(10, 1, 4, 4)
     rows = torch.tensor([9, 2, 2, 5, 0, 7, 1])
     assert torch.equal(datasets.gather_rows(images, rows, "cpu"), images[rows])
+
+
+@pytest.mark.slow
+def test_the_device_check_runs_its_cpu_part(tmp_path: Path) -> None:
+    """benchmarks/device_check.py, the first GPU session's script, on a CPU: the checks a CPU can run pass,
+    the others say why they were skipped; the JSON report is complete."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "device_check.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "device_check.py"), f"--out={out}", "--accelerator=cpu"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    checks = json.loads(out.read_text())["checks"]
+    statuses = {name: result["status"] for name, result in checks.items()}
+    assert statuses == {
+        "syncs": "skip", "precision": "pass", "resume": "pass", "device_moves": "skip", "parity": "pass",
+        "epoch_speed": "pass", "other_data": "pass", "ddp_equals_one_device": "skip", "ddp_resume": "skip",
+        "ddp_faults": "skip",
+    }  # fmt: skip
+    assert checks["syncs"]["why"] == "needs 1 GPU(s), this machine has 0"
+    assert checks["resume"]["largest_weight_difference"] == {"K=1": 0.0, "K=4": 0.0}
+    assert len(checks["epoch_speed"]["rows"]) == 8

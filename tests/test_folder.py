@@ -12,6 +12,7 @@ from PIL import Image
 from ae_lightning.cli import main
 from ae_lightning.data import ImageFolderDataModule
 from ae_lightning.data.image_files import fit_to_size, image_files, read_image
+from ae_lightning.files import LOCK_NAME
 from tests.conftest import CONFIGS, REPO, read_png, run_and_fail, run_folder, tiny_folder
 from tests.images import write_class_folder, write_one_class_folder
 
@@ -150,7 +151,8 @@ def test_a_second_run_reads_the_cache_and_a_changed_file_decodes_again(
     folder_module(root, tmp_path, image_size=24)  # another size: another cache
     assert len(decoded) == 60
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
-    assert not list((tmp_path / "cache").glob(".*"))  # no temporary file left
+    hidden = {path.name for path in (tmp_path / "cache").glob(".*")}
+    assert hidden == {LOCK_NAME}  # no temporary file left; the lock that serialises decoding stays
 
 
 def test_resident_and_streamed_batches_are_the_same(data_dir: Path, tmp_path: Path) -> None:

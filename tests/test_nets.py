@@ -46,3 +46,26 @@ def test_nets_do_not_import_lightning() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rejection_sampling_with_a_fixed_number_of_proposals(monkeypatch) -> None:
+    """Uniform proposals on [0, 1) accepted below 0.5, 6 at a time: an accepted sample is uniform on
+    [0, 0.5); a sample with no accepted proposal (probability 0.5^6 = 1/64) falls back to the last one,
+    flagged; all of it without a wait for the device."""
+    from ae_lightning.nets import first_accepted
+    from tests.syncs import count_host_syncs
+
+    generator = torch.Generator().manual_seed(0)
+    proposals = torch.rand(6, 200_000, 2, generator=generator)  # two numbers per sample, tested by the first
+    with count_host_syncs(monkeypatch) as syncs:
+        syncs.active = True
+        samples, fell_back = first_accepted(proposals, proposals[..., 0] < 0.5)
+    assert syncs.found == []
+    assert samples.shape == (200_000, 2)
+    assert abs(fell_back.double().mean().item() - 1 / 64) < 0.002
+    kept = samples[~fell_back]
+    assert (kept[:, 0] < 0.5).all() and abs(kept[:, 0].mean().item() - 0.25) < 0.002
+    # the first accepted proposal, whole (both of its numbers); the fallback is the last proposal
+    first = (proposals[..., 0] < 0.5).to(torch.uint8).argmax(0)
+    torch.testing.assert_close(samples[~fell_back], proposals[first, torch.arange(200_000)][~fell_back])
+    torch.testing.assert_close(samples[fell_back], proposals[-1][fell_back])

@@ -127,7 +127,7 @@ class CIFAR10DataModule(ImageDataModule):
         if not self._missing():
             return
         # one process at a time per folder (nodes sharing it): the next finds the files the first fetched
-        with folder_lock(self.data_dir):
+        with folder_lock(self.data_dir, create=self.hparams.download):
             if self._missing():
                 self._fetch()
 

@@ -101,7 +101,7 @@ class MNISTDataModule(ImageDataModule):
         if all(path.is_file() for path in needed):
             return
         # one process at a time per folder (nodes sharing it): the next finds the files the first fetched
-        with folder_lock(self.data_dir):
+        with folder_lock(self.data_dir, create=self.hparams.download):
             self._fetch(needed)
 
     def _fetch(self, needed: list[Path]) -> None:

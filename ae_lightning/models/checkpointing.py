@@ -34,7 +34,12 @@ class CheckpointState(LightningModule):
         # the random streams (noise of the VAE and the denoiser, dynamic binarisation) of every rank continue
         # from here when the run is resumed, as they would had it not stopped. A collective: every rank saves
         # a checkpoint together (Lightning's save_checkpoint is one), at a step's end (PreemptionCheckpoint)
-        checkpoint[RNG_STATES_KEY] = gather_shares(self.trainer, rng_states(self.device))
+        states = rng_states(self.device)
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # saved by a trainer the module is not attached to: this process's streams
+            trainer = None
+        checkpoint[RNG_STATES_KEY] = [states] if trainer is None else gather_shares(trainer, states)
         checkpoint[ANOMALY_THRESHOLD_KEY] = self.anomaly_threshold
         checkpoint[FORMAT_KEY] = FORMAT
 

@@ -10,6 +10,7 @@ from ae_lightning.nets.conv import ConvDecoder, ConvEncoder
 from ae_lightning.nets.mlp import MLPDecoder, MLPEncoder
 from ae_lightning.nets.one_hot import one_hot
 from ae_lightning.nets.quantizer import Quantized, VectorQuantizer
+from ae_lightning.nets.sampling import first_accepted
 
 Backbone = Literal["mlp", "conv"]
 
@@ -49,5 +50,6 @@ __all__ = [
     "VectorQuantizer",
     "build_decoder",
     "build_encoder",
+    "first_accepted",
     "one_hot",
 ]
