@@ -1,5 +1,6 @@
 """The command line: LightningCLI, with the model picked by `class_path` and fitted to the data."""
 
+import inspect
 import os
 import signal
 import sys
@@ -9,7 +10,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -28,6 +29,7 @@ from ae_lightning.callbacks import (
 )
 from ae_lightning.checkpoints import SafeCheckpointIO, check_checkpoint
 from ae_lightning.cluster import check_gpu_binding
+from ae_lightning.data.contract import AutoencoderDataModule
 from ae_lightning.errors import CheckpointError, ConfigError, TrainingError
 from ae_lightning.export.trainer import AutoencoderTrainer
 from ae_lightning.failures import Quiet, user_error
@@ -72,7 +74,7 @@ class AutoencoderCLI(LightningCLI):
         if isinstance(parser, ArgumentParser):
             parser.classes = {
                 "model": _classes(ae_lightning.models, AutoencoderModule),
-                "data": _classes(ae_lightning.data, LightningDataModule),
+                "data": _classes(ae_lightning.data, AutoencoderDataModule),
             }
             for other in self._parsers:
                 other.siblings.append(parser)
@@ -236,7 +238,7 @@ def main(args: ArgsType = None, run: bool = True) -> AutoencoderCLI:
         with quiet:
             cli = AutoencoderCLI(
                 AutoencoderModule,
-                LightningDataModule,
+                AutoencoderDataModule,
                 trainer_class=AutoencoderTrainer,
                 subclass_mode_model=True,
                 subclass_mode_data=True,
@@ -275,7 +277,10 @@ def _classes(module: Any, base: type) -> list[str]:
     return sorted(
         f"{module.__name__}.{name}"
         for name in getattr(module, "__all__", ())
-        if isinstance(value := getattr(module, name), type) and issubclass(value, base) and value is not base
+        if isinstance(value := getattr(module, name), type)
+        and issubclass(value, base)
+        and value is not base
+        and not inspect.isabstract(value)
     )
 
 

@@ -293,3 +293,27 @@ def test_two_processes_preparing_one_shared_folder_download_once(tmp_path: Path)
     assert [process.returncode for process in racing] == [0, 0], outputs
     assert [out.strip() for out, _ in outputs] == ["read 72", "read 72"]
     assert len(log.read_text().splitlines()) == 1  # one download, not one per process
+
+
+def test_every_datamodule_is_one_of_the_contract() -> None:
+    """The CLI, export and the callbacks ask `AutoencoderDataModule`'s methods: every datamodule has them."""
+    import ae_lightning.data as data
+
+    modules = [getattr(data, name) for name in data.__all__ if name.endswith("DataModule")]
+    assert len(modules) == 6 and all(issubclass(module, data.AutoencoderDataModule) for module in modules)
+
+
+def test_a_datamodule_of_a_few_lines_fits_tests_and_predicts_through_the_cli(in_tmp: Path) -> None:
+    """docs/architecture.md's recipe: `image_shape`, `value_range` and `load_splits` are all it takes."""
+    from ae_lightning.cli import main
+
+    flags = ["--data=tests.datamodules.NoisyLine", "--model=ae_lightning.models.AE", "--model.latent_dim=1",
+             "--model.hidden_dims=[16]", "--trainer.max_epochs=3", "--trainer.accelerator=cpu",
+             "--trainer.enable_progress_bar=false"]  # fmt: skip
+    fitted = main(["fit", *flags, "--model.steps_per_call=2"])
+    assert fitted.model.model.image_shape == (4,) and fitted.trainer.global_step == 18  # 3 x 300 / 50
+    tested = main(["test", *flags])
+    assert torch.isfinite(tested.trainer.callback_metrics["test/loss"])
+    main(["predict", *flags])
+    predictions = torch.load(next(in_tmp.glob("lightning_logs/*/predictions.pt")))
+    assert predictions["index"].tolist() == list(range(100)) and predictions["latent"].shape == (100, 1)

@@ -115,7 +115,7 @@ def test_the_room_check_counts_the_copy_of_every_process_of_the_machine(
     """Resident in the main memory, every DDP process of a machine keeps its own copy: memory for 1 but not
     2 copies keeps 1 process resident, and sends 2 processes (of one machine, not of two) to the DataLoader
     path with a warning."""
-    import ae_lightning.data.base as base
+    import ae_lightning.data.contract as contract
 
     def resident(world_size: int, num_nodes: int) -> bool:
         datamodule = MNISTDataModule(data_dir=data_dir, val_size=VAL_SIZE, batch_size=16)
@@ -124,7 +124,7 @@ def test_the_room_check_counts_the_copy_of_every_process_of_the_machine(
         return datamodule.resident
 
     size = (96 + 40) * 28 * 28 + (96 + 40) * 8  # uint8 images and int64 labels
-    monkeypatch.setattr(base, "free_memory", lambda device: 3 * size)  # room for 1.5 copies (2x each)
+    monkeypatch.setattr(contract, "free_memory", lambda device: 3 * size)  # room for 1.5 copies (2x each)
     assert resident(1, 1) and resident(2, 2)
     with pytest.warns(UserWarning, match=r"MB x 2 processes\) does not fit beside the model on cpu"):
         assert not resident(2, 1)

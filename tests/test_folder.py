@@ -292,9 +292,9 @@ def test_data_too_large_for_the_memory_is_streamed_from_the_cache(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With no room, setup warns and keeps the splits memory-mapped; batches come from a DataLoader."""
-    import ae_lightning.data.base as base
+    import ae_lightning.data.contract as contract
 
-    monkeypatch.setattr(base, "free_memory", lambda device: 0)
+    monkeypatch.setattr(contract, "free_memory", lambda device: 0)
     with pytest.warns(UserWarning, match="does not fit beside the model"):
         streamed = folder_module(data_dir / "inspection", tmp_path, batch_size=8)
     assert not streamed.resident and streamed.datasets["train"].rows is not None  # still the mapped cache

@@ -11,6 +11,7 @@ from torch import Tensor
 from ae_lightning.batch import Batch
 from ae_lightning.callbacks.gather import gather_shares, to_host, wait_for_copies
 from ae_lightning.callbacks.images import autoencoder_of
+from ae_lightning.data.contract import AutoencoderDataModule
 from ae_lightning.errors import ConfigError
 from ae_lightning.evaluation.features import knn_accuracy, linear_probe_accuracy
 
@@ -105,19 +106,17 @@ class FeatureQuality(Callback):
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule"
     ) -> tuple[Tensor, Tensor]:
         """Latents (N, D) and labels (N,) of the training split, in order, on the CPU."""
-        datamodule = trainer.datamodule
-        datasets = getattr(datamodule, "datasets", {})
-        if "train" not in datasets:
-            datamodule.setup("fit")  # `test` sets up the test split only
-        dataset = datamodule.datasets["train"]
-        size = len(dataset) if self.max_train is None else min(self.max_train, len(dataset))
-        latents, labels = [], []
+        datamodule: AutoencoderDataModule = trainer.datamodule
+        latents, labels, seen = [], [], 0
         model = autoencoder_of(pl_module)
         was_training = model.training
         model.eval()
-        for start in range(0, size, _ENCODE_BATCH):
-            batch = dataset[torch.arange(start, min(start + _ENCODE_BATCH, size))].to(model.device)
-            latents.append(model.latent(batch).float().flatten(1).cpu())
-            labels.append(batch.labels.cpu())
+        for batch in datamodule.ordered_batches("train", _ENCODE_BATCH, model.device):
+            if self.max_train is not None and seen >= self.max_train:
+                break
+            keep = len(batch) if self.max_train is None else min(len(batch), self.max_train - seen)
+            latents.append(model.latent(batch).float().flatten(1)[:keep].cpu())
+            labels.append(batch.labels[:keep].cpu())
+            seen += keep
         model.train(was_training)
         return torch.cat(latents), torch.cat(labels)

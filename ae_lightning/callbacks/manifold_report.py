@@ -18,7 +18,8 @@ from ae_lightning.callbacks.gather import Collected
 from ae_lightning.callbacks.images import autoencoder_of, log_image
 from ae_lightning.callbacks.run_config import run_folder
 from ae_lightning.callbacks.test_pictures import to_tensor
-from ae_lightning.data.manifold import Manifold, ManifoldDataModule
+from ae_lightning.data.contract import KnownManifold
+from ae_lightning.data.manifold import Manifold
 from ae_lightning.evaluation.projection import projection_quality
 from ae_lightning.files import atomic_write
 
@@ -63,8 +64,9 @@ def scatter_panels(
 
 
 class ManifoldReport(Callback):
-    """At the end of `test` on a `ManifoldDataModule`: logs how the code relates to the true coordinates
-    and how close reconstructions lie to the manifold, and draws both.
+    """At the end of `test` on data on a known manifold (a `KnownManifold` datamodule, `ManifoldDataModule`):
+    logs how the code relates to the true coordinates and how close reconstructions lie to the manifold, and
+    draws both.
 
     Logged (over the whole test set, all devices): `test/abs_spearman` (a 1-d code against the 1-d
     coordinate: |Spearman|, the code may run either way), `test/linear_r2` (R^2 of an affine fit of the
@@ -113,8 +115,8 @@ class ManifoldReport(Callback):
         datamodule = trainer.datamodule
         data = self._collected.gather(trainer)
         folder = Path(run_folder(trainer))  # collective: every rank calls it
-        if not isinstance(datamodule, ManifoldDataModule) or not data:
-            rank_zero_warn("ManifoldReport: the test data are not a ManifoldDataModule's; nothing to report")
+        if not isinstance(datamodule, KnownManifold) or not data:
+            rank_zero_warn("ManifoldReport: the test data lie on no known manifold; nothing to report")
             return
         manifold = datamodule.manifold
         metrics = projection_quality(data["codes"], data["coordinates"])
@@ -125,7 +127,7 @@ class ManifoldReport(Callback):
             "reconstruction_distance": reconstruction_distance,
             "distance_ratio": input_distance / max(reconstruction_distance, 1e-12),
             "recon_mse": (data["reconstructions"] - data["inputs"]).square().mean().item(),
-            "noise_var": datamodule.hparams.noise_std**2,
+            "noise_var": datamodule.noise_std**2,
         }
         for name, value in metrics.items():  # every rank computed them from the same gathered set
             pl_module.log(f"test/{name}", value, sync_dist=True)

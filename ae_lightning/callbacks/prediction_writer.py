@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ae_lightning.callbacks.gather import gather_shares
 from ae_lightning.callbacks.run_config import run_folder
-from ae_lightning.data.datasets import ImageTensorDataset
+from ae_lightning.data.contract import AutoencoderDataModule
 from ae_lightning.errors import ConfigError
 from ae_lightning.files import atomic_write
 
@@ -100,9 +100,10 @@ class PredictionWriter(BasePredictionWriter):
         if not trainer.is_global_zero:
             return
         merged: dict[str, Any] = order_by_index(parts)
-        dataset = trainer.predict_dataloaders.dataset if trainer.predict_dataloaders is not None else None
-        if isinstance(dataset, ImageTensorDataset) and dataset.paths is not None:
-            merged["path"] = [dataset.paths[i] for i in merged["index"].tolist()]
+        datamodule = trainer.datamodule
+        names = datamodule.sample_names() if isinstance(datamodule, AutoencoderDataModule) else None
+        if names is not None:
+            merged["path"] = [names[i] for i in merged["index"].tolist()]
         folder.mkdir(parents=True, exist_ok=True)
         self.written = [folder / f"{self.filename}.pt"]
         with atomic_write(self.written[0]) as file:

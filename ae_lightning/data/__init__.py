@@ -9,12 +9,14 @@ from typing import Any
 
 #: exported name -> the module defining it
 _MODULES = {
+    "AutoencoderDataModule": "ae_lightning.data.contract",
     "CIFAR10DataModule": "ae_lightning.data.cifar",
     "ImageDataModule": "ae_lightning.data.base",
     "ImageFolderDataModule": "ae_lightning.data.folder",
     "ImageTensorDataset": "ae_lightning.data.datasets",
     "MNISTDataModule": "ae_lightning.data.mnist",
     "ManifoldDataModule": "ae_lightning.data.manifold",
+    "PointDataset": "ae_lightning.data.manifold",
 }
 
 __all__ = sorted(_MODULES)

@@ -51,6 +51,11 @@ class ImageTensorDataset(Dataset[Batch]):
         """The memory its images and labels take once on a device."""
         return len(self) * self.images[0].nbytes + (0 if self.labels is None else self.labels.nbytes)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the images are kept."""
+        return self.images.device
+
     def to(self, device: torch.device | str) -> "ImageTensorDataset":
         """Keeps images and labels on `device` (in place; only this dataset's rows); returns self."""
         if self.rows is not None and torch.device(device).type != "cpu":

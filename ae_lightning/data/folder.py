@@ -4,6 +4,7 @@ import os
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -119,6 +120,19 @@ class ImageFolderDataModule(ImageDataModule):
 
     def describe(self) -> str:
         return f"images of {self.root}"
+
+    def export_description(self) -> dict[str, Any]:
+        """The class names (None where the folder is not on this machine: an export does not need it) and
+        how each image was fitted to the model's size."""
+        try:
+            class_names = self.class_names
+        except DataError:
+            class_names = None
+        return {"datamodule": type(self).__name__, "class_names": class_names, "resize": self.resize}
+
+    def sample_names(self) -> list[str] | None:
+        """The file of each predicted image."""
+        return self.datasets[self.predict_split()].paths
 
     @cached_property
     def listing(self) -> Listing:

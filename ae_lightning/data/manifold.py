@@ -4,17 +4,14 @@ import math
 from typing import Literal
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ae_lightning.batch import Batch
-from ae_lightning.data.samplers import ResumableLoader, resident_batches
+from ae_lightning.data.contract import AutoencoderDataModule, KnownManifold, Split
 from ae_lightning.errors import ConfigError
-from ae_lightning.multistep import check_steps_per_call
 
 ManifoldName = Literal["helix", "swiss_roll"]
-Split = Literal["train", "val", "test"]
 
 #: each axis of the manifold's R^3 is scaled to [-SCALED, SCALED] (tanh decoders reach it)
 SCALED = 0.9
@@ -105,23 +102,50 @@ class Manifold:
 
 
 class PointDataset(Dataset[Batch]):
-    """Points (N, D) with their true coordinates (N, k); indexed by a tensor of B indices it gives a whole
-    `Batch` (`images` holds the points), by an int one unbatched item, by a list of tensors a list."""
+    """Points (N, D), with their true coordinates (N, k) where they are known: a split of vector data. Indexed
+    by a tensor of B indices it gives a whole `Batch` (`images` holds the points), by an int one unbatched
+    item, by a list of tensors a list."""
 
-    def __init__(self, points: Tensor, coordinates: Tensor) -> None:
+    #: points have no class labels
+    labels = None
+
+    def __init__(self, points: Tensor, coordinates: Tensor | None = None) -> None:
         self.points, self.coordinates = points, coordinates
 
     def __len__(self) -> int:
         return self.points.shape[0]
 
+    @property
+    def nbytes(self) -> int:
+        return self.points.nbytes + (0 if self.coordinates is None else self.coordinates.nbytes)
+
+    @property
+    def device(self) -> torch.device:
+        return self.points.device
+
+    def to(self, device: torch.device | str) -> "PointDataset":
+        """Keeps points and coordinates on `device` (in place); returns self."""
+        self.points = self.points.to(device)
+        if self.coordinates is not None:
+            self.coordinates = self.coordinates.to(device)
+        return self
+
+    def read_in_batches(self) -> "PointDataset":
+        return self
+
     def __getitem__(self, index: int | Tensor | list[Tensor]) -> Batch | list[Batch]:
         if isinstance(index, list):
             return [self[rows] for rows in index]
-        index = torch.as_tensor(index)
-        return Batch(self.points[index], index=index, coordinates=self.coordinates[index])
+        index = torch.as_tensor(index, device=self.points.device)
+        coordinates = None if self.coordinates is None else self.coordinates[index]
+        return Batch(self.points[index], index=index, coordinates=coordinates)
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        """A whole batch per read (predict's DataLoader)."""
+        return self[torch.tensor(indices, dtype=torch.long)]
 
 
-class ManifoldDataModule(LightningDataModule):
+class ManifoldDataModule(AutoencoderDataModule, KnownManifold):
     """Points sampled on a helix or a swiss roll, optionally noisy and hidden in R^D, with the true
     coordinate of each point kept in the batch (`Batch.coordinates`).
 
@@ -165,7 +189,6 @@ class ManifoldDataModule(LightningDataModule):
         batch_size: int = 128,
         steps_per_call: int = 1,
     ) -> None:
-        super().__init__()
         if manifold not in ("helix", "swiss_roll"):
             raise ConfigError(f"manifold must be 'helix' or 'swiss_roll', got {manifold!r}")
         if num_points < 1:
@@ -181,20 +204,22 @@ class ManifoldDataModule(LightningDataModule):
             raise ConfigError(f"turns, radius and height must be positive, got {turns}, {radius}, {height}")
         if embed_dim is not None and embed_dim <= 3:
             raise ConfigError(f"embed_dim must be above 3 (null keeps R^3), got {embed_dim}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        check_steps_per_call(steps_per_call)
+        super().__init__(batch_size, 0, split_seed, resident=True, steps_per_call=steps_per_call)
         self.save_hyperparameters()
         self.manifold = Manifold(manifold, turns, radius, height, embed_dim, data_seed)
         #: read by the CLI, which hands both to the model
         self.image_shape: tuple[int] = (self.manifold.dim,)
         self.value_range: tuple[float, float] = (-1.0, 1.0)
-        self.datasets: dict[Split, PointDataset] = {}
 
-    def setup(self, stage: str) -> None:
+    @property
+    def noise_std(self) -> float:
+        return self.hparams.noise_std
+
+    def describe(self) -> str:
+        return f"{self.hparams.manifold} points"
+
+    def load_splits(self) -> dict[Split, PointDataset]:
         """Draws the points (the same on every rank) and splits them."""
-        if self.datasets:
-            return
         hp = self.hparams
         generator = torch.Generator().manual_seed(hp.data_seed)
         coordinates = self.manifold.sample_coordinates(hp.num_points, generator)
@@ -208,27 +233,7 @@ class ManifoldDataModule(LightningDataModule):
             "test": order[hp.val_size : hp.val_size + hp.test_size],
             "train": order[hp.val_size + hp.test_size :],
         }
-        for split, rows in parts.items():
-            self.datasets[split] = PointDataset(points[rows].float(), coordinates[rows].float())
-
-    def _loader(self, split: Split) -> DataLoader:
-        train = split == "train"
-        hp = self.hparams
-        batches = resident_batches(
-            self.datasets[split], self.trainer, hp.batch_size, hp.split_seed, train, hp.steps_per_call
-        )
-        loader_class = ResumableLoader if train else DataLoader
-        generator = torch.Generator().manual_seed(self.hparams.split_seed)
-        return loader_class(self.datasets[split], batch_size=None, sampler=batches, generator=generator)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return {
+            split: PointDataset(points[rows].float(), coordinates[rows].float())
+            for split, rows in parts.items()
+        }

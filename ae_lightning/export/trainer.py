@@ -7,7 +7,7 @@ from typing import Any
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from ae_lightning.errors import ConfigError, DataError
+from ae_lightning.errors import ConfigError
 from ae_lightning.export.writer import Format, export_model
 
 
@@ -66,15 +66,9 @@ def _sha256(path: Path) -> str:
 
 
 def _data_description(datamodule: LightningDataModule | None) -> dict[str, Any]:
-    """The class names and, for a folder of images, how each image was fitted to the model's size."""
-    from ae_lightning.data import ImageDataModule, ImageFolderDataModule
+    """What the datamodule says about its data (`AutoencoderDataModule.export_description`)."""
+    from ae_lightning.data.contract import AutoencoderDataModule
 
-    description: dict[str, Any] = {"datamodule": type(datamodule).__name__ if datamodule else None}
-    if isinstance(datamodule, ImageFolderDataModule):
-        description["resize"] = datamodule.resize
-    if isinstance(datamodule, ImageDataModule):
-        try:
-            description["class_names"] = datamodule.class_names
-        except DataError:  # a folder that is not on this machine: the export does not need it
-            description["class_names"] = None
-    return description
+    if isinstance(datamodule, AutoencoderDataModule):
+        return datamodule.export_description()
+    return {"datamodule": type(datamodule).__name__ if datamodule else None, "class_names": None}

@@ -11,7 +11,7 @@ from torch import Tensor
 from ae_lightning import multistep
 from ae_lightning.autoencoders import Autoencoder, Conditional
 from ae_lightning.batch import Batch
-from ae_lightning.data.base import ImageDataModule
+from ae_lightning.data.contract import AutoencoderDataModule
 from ae_lightning.evaluation import Evaluator
 from ae_lightning.evaluation.one_class import DEFAULT_ANOMALY_QUANTILE
 from ae_lightning.models.checkpointing import CheckpointState
@@ -71,7 +71,7 @@ class AutoencoderModule(CheckpointState, LightningModule):
     def setup(self, stage: str) -> None:
         """A conditional model checks the range of the data's labels once, here, rather than in every step."""
         datamodule = self.trainer.datamodule
-        if isinstance(self.model, Conditional) and isinstance(datamodule, ImageDataModule):
+        if isinstance(self.model, Conditional) and isinstance(datamodule, AutoencoderDataModule):
             label_range = datamodule.label_range()
             if label_range is not None:
                 self.model.check_labels(*label_range)
