@@ -9,33 +9,35 @@ from torch import Tensor
 
 @dataclass
 class Batch:
-    """A batch of images with what the data knows about them (or, unbatched, one item of a dataset).
+    """A batch of inputs with what the data knows about them (or, unbatched, one item of a dataset).
 
-    Lightning moves a Batch to the device whole (it maps over dataclass fields).
+    Lightning moves a Batch to the device whole (it maps over dataclass fields). What the data knows is named
+    apart from what a model decides (`gt_anomaly` here, `pred_anomaly` in predictions).
 
     Attributes:
-        images: (B, C, H, W) floats in the data's value range; for vector data (points in R^D), (B, D).
+        inputs: what a model reads: (B, C, H, W) images as floats in the data's value range, or (B, D)
+            vectors (points in R^D).
         labels: (B,) integer class labels, when the data has them.
-        is_anomaly: (B,) bool one-class targets (True: not a normal class), in the one-class protocol.
+        gt_anomaly: (B,) bool, the true one-class label (True: not a normal class), in the one-class protocol.
         index: (B,) int64 position of each item in its dataset (predictions are written in that order).
         coordinates: (B, k) the true coordinates of points sampled on a k-dimensional manifold.
     """
 
-    images: Tensor
+    inputs: Tensor
     labels: Tensor | None = None
-    is_anomaly: Tensor | None = None
+    gt_anomaly: Tensor | None = None
     index: Tensor | None = None
     coordinates: Tensor | None = None
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.inputs.shape[0]
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
-        """A copy on `device`; `dtype` converts the images only."""
+        """A copy on `device`; `dtype` converts the inputs only."""
         moved = {field.name: getattr(self, field.name) for field in fields(self)}
         moved = {name: None if value is None else value.to(device) for name, value in moved.items()}
         if dtype is not None:
-            moved["images"] = moved["images"].to(dtype)
+            moved["inputs"] = moved["inputs"].to(dtype)
         return Batch(**moved)
 
     def pin_memory(self) -> "Batch":
@@ -44,9 +46,9 @@ class Batch:
         held = {field.name: getattr(self, field.name) for field in fields(self)}
         return Batch(**{name: None if value is None else value.pin_memory() for name, value in held.items()})
 
-    def with_images(self, images: Tensor) -> "Batch":
-        """The same batch with other images (e.g. corrupted copies) of the same length."""
-        return replace(self, images=images)
+    def with_inputs(self, inputs: Tensor) -> "Batch":
+        """The same batch with other inputs (e.g. corrupted copies) of the same length."""
+        return replace(self, inputs=inputs)
 
     @staticmethod
     def collate(items: "Sequence[Batch] | Batch") -> "Batch":

@@ -84,7 +84,7 @@ def one_class(args: argparse.Namespace) -> dict[str, Any]:
         mean, basis = pca(train, args.components)
         centred = test - mean
         errors = (centred - centred @ basis @ basis.T).square().sum(1)
-        auroc = BinaryAUROC()(squash(errors), datamodule.datasets["test"].is_anomaly.long()).item()
+        auroc = BinaryAUROC()(squash(errors), datamodule.datasets["test"].gt_anomaly.long()).item()
         results[f"PCA-{args.components}"][str(digit)] = {"test/auroc": auroc}
         print(f"digit {digit} PCA-{args.components}: AUROC {auroc:.4f}", flush=True)
         for name, config in MODELS.items():

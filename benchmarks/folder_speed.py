@@ -108,7 +108,7 @@ def loader_images_per_second(batches: Any, epochs: int) -> float:
         if epoch == 1:
             start = time.perf_counter()
         for batch in batches():
-            batch.images.sum()  # touch the pixels
+            batch.inputs.sum()  # touch the pixels
             seen += len(batch) if epoch > 0 else 0
     return seen / (time.perf_counter() - start)
 

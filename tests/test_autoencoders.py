@@ -50,7 +50,7 @@ def tensor_inputs(model: Autoencoder, batch: Batch) -> tuple[torch.Tensor, ...]:
 def test_interface_shapes(cls, extra, backbone, hidden_dims) -> None:
     model = make(cls, extra, backbone=backbone, hidden_dims=hidden_dims).eval()
     batch = fixed_batch(count=5)
-    x, given = batch.images, tensor_inputs(model, batch)
+    x, given = batch.inputs, tensor_inputs(model, batch)
     assert model.code(x, *given).shape == (5, 8)
     assert model.latent(batch).shape == (5, 8)
     assert model.decode(torch.randn(5, 8), *given).shape == x.shape
@@ -129,7 +129,7 @@ def test_vae_loss_is_reference_objective() -> None:
     """(summed squared error + beta * KL) / batch size, with the decoder fed a reparameterised sample."""
     model = make(VAE, {"beta": 0.5}, value_range=(-1.0, 1.0)).eval()
     batch = fixed_batch((-1.0, 1.0))
-    x = batch.images
+    x = batch.inputs
     torch.manual_seed(7)
     loss = model.loss_terms(batch)["loss"].mean()
     torch.manual_seed(7)
@@ -150,7 +150,7 @@ def test_vae_anomaly_score_is_negative_elbo() -> None:
     torch.testing.assert_close(score, neg_elbo, rtol=0.02, atol=0.0)
     # fixed draws: the same score every time, and an image's score does not depend on its batch
     torch.testing.assert_close(model.anomaly_score(batch), model.anomaly_score(batch))
-    alone = model.anomaly_score(batch.with_images(batch.images[:1]))
+    alone = model.anomaly_score(batch.with_inputs(batch.inputs[:1]))
     torch.testing.assert_close(alone, model.anomaly_score(batch)[:1])
 
 
@@ -166,16 +166,16 @@ def test_vae_samples_from_the_prior_repeatably() -> None:
 def test_vae_forward_and_latent_use_the_posterior_mean() -> None:
     model = make(VAE, {})
     batch = fixed_batch(count=3)
-    mu, _ = model.encode(batch.images)
+    mu, _ = model.encode(batch.inputs)
     torch.testing.assert_close(model.latent(batch), mu)
-    torch.testing.assert_close(model(batch.images), model.decode(mu))
+    torch.testing.assert_close(model(batch.inputs), model.decode(mu))
     torch.testing.assert_close(model.reconstruct(batch), model.decode(mu))
 
 
 def test_denoising_corrupts_the_input_in_training_and_never_the_target() -> None:
     model = make(DenoisingAE, {"noise_std": 0.5})
     batch = fixed_batch()
-    x = batch.images
+    x = batch.inputs
     original = x.clone()
     seen = {}
     model.encoder.register_forward_pre_hook(lambda _, args: seen.setdefault("inputs", []).append(args[0]))

@@ -61,7 +61,7 @@ def test_grid_shows_fixed_images_above_reconstructions_and_prior_samples(
     assert not torch.equal(recons(grids[0]), recons(grids[1]))  # what the model made of them changed
     assert torch.equal(grids[1], grids[2])  # last.ckpt holds the weights of epoch 1
     # the inputs are the first validation images, in order
-    first = trainer.datamodule.datasets["val"][0].images
+    first = trainer.datamodule.datasets["val"][0].inputs
     torch.testing.assert_close(inputs(grids[0])[0, 2:30, 2:30].float() / 255, first[0], atol=1 / 255, rtol=0)
 
 
@@ -111,7 +111,7 @@ def test_conditional_grid_reconstructs_with_the_true_labels_and_samples_a_row_pe
     model = ConditionalVAE(latent_dim=4, hidden_dims=[32])
     trainer = fit(tmp_path, data_dir, model, callback, epochs=1)
     val = trainer.datamodule.datasets["val"]
-    x, labels = val[torch.arange(8)].images, val.labels[:8]
+    x, labels = val[torch.arange(8)].inputs, val.labels[:8]
     grid = read_png(next(Path(callback.dirpath).glob("*.png")))
     assert grid.shape == (3, *grid_size(8, samples=10 * 8))  # 10 class rows of 8
     model.eval()

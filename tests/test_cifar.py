@@ -31,7 +31,7 @@ def test_cifar_splits_hold_the_files_images_in_rgb_planes(data_dir: Path) -> Non
         content = pickle.load(file, encoding="bytes")  # our own test file: trusted
     first = torch.from_numpy(content[b"data"][0].reshape(3, 32, 32)).float() / 255
     batch = datamodule.datasets["test"][torch.arange(2)]
-    torch.testing.assert_close(batch.images[0], first)
+    torch.testing.assert_close(batch.inputs[0], first)
     assert batch.labels.tolist() == content[b"labels"][:2]
 
 
@@ -39,7 +39,7 @@ def test_normal_classes_give_the_one_class_protocol(data_dir: Path) -> None:
     datamodule = ready(data_dir, normal_classes=[3])
     assert (datamodule.datasets["train"].labels == 3).all()
     test = datamodule.datasets["test"]
-    assert torch.equal(test.is_anomaly, test.labels != 3)
+    assert torch.equal(test.gt_anomaly, test.labels != 3)
 
 
 def test_a_crafted_batch_file_is_refused_and_never_runs(data_dir: Path, tmp_path: Path, capsys) -> None:

@@ -54,7 +54,7 @@ def test_config_fits_then_tests_and_predicts_from_its_checkpoint(
 
     # a reloaded checkpoint gives the same outputs
     reloaded = type(model).load_from_checkpoint(ckpts[-1])
-    x = fitted.datamodule.datasets["val"][torch.arange(8)].images
+    x = fitted.datamodule.datasets["val"][torch.arange(8)].inputs
     torch.testing.assert_close(reloaded.eval()(x), model.eval()(x))
 
     tested = main(["test", "--config", config, *tiny(data_dir), "--ckpt_path", str(ckpts[-1])])
@@ -73,7 +73,7 @@ def test_config_fits_then_tests_and_predicts_from_its_checkpoint(
     scores = torch.cat([batch["anomaly_score"] for batch in batches])
     assert latents.shape == (NUM_TEST, model.model.latent_dim) and scores.shape == (NUM_TEST,)
     assert torch.equal(
-        torch.cat([batch["label"] for batch in batches]), fitted.datamodule.datasets["test"].labels
+        torch.cat([batch["labels"] for batch in batches]), fitted.datamodule.datasets["test"].labels
     )
 
 
@@ -202,7 +202,7 @@ def test_conditional_vae_predicts_with_the_labels(data_dir: Path, in_tmp: Path) 
     )
     assert torch.isfinite(torch.cat([batch["anomaly_score"] for batch in batches])).all()
     assert torch.equal(
-        torch.cat([batch["label"] for batch in batches]), predicted.datamodule.datasets["test"].labels
+        torch.cat([batch["labels"] for batch in batches]), predicted.datamodule.datasets["test"].labels
     )
 
 

@@ -31,7 +31,7 @@ def ready(data_dir: Path, **kwargs) -> MNISTDataModule:
 
 def all_items(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     items = [dataset[i] for i in range(len(dataset))]  # item by item, as the DataLoader path reads them
-    return torch.stack([item.images for item in items]), torch.stack([item.labels for item in items])
+    return torch.stack([item.inputs for item in items]), torch.stack([item.labels for item in items])
 
 
 @pytest.mark.parametrize("dataset", ["MNIST", "FashionMNIST", "KMNIST"])
@@ -40,10 +40,10 @@ def test_splits_sizes_and_shapes(data_dir: Path, dataset: str) -> None:
     sizes = {split: len(ds) for split, ds in datamodule.datasets.items()}
     assert sizes == {"train": NUM_TRAIN - VAL_SIZE, "val": VAL_SIZE, "test": NUM_TEST}
     batch = next(iter(datamodule.train_dataloader()))
-    x, y = batch.images, batch.labels
+    x, y = batch.inputs, batch.labels
     assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32
     assert y.shape == (16,) and int(y.max()) <= 9
-    assert batch.index.shape == (16,) and batch.is_anomaly is None
+    assert batch.index.shape == (16,) and batch.gt_anomaly is None
     assert datamodule.image_shape == (1, 28, 28)
 
 
@@ -70,7 +70,7 @@ def test_split_is_seeded_disjoint_and_complete(data_dir: Path) -> None:
 def test_binarize_draws_training_images_afresh_and_fixes_evaluation_images(data_dir: Path) -> None:
     datamodule = ready(data_dir, binarize=True)
     train = datamodule.datasets["train"]
-    assert set(torch.unique(train[0].images).tolist()) <= {0.0, 1.0}
+    assert set(torch.unique(train[0].inputs).tolist()) <= {0.0, 1.0}
     assert not torch.equal(all_items(train)[0], all_items(train)[0])  # dynamic binarisation
     val, val_again = all_items(datamodule.datasets["val"])[0], all_items(datamodule.datasets["val"])[0]
     assert set(torch.unique(val).tolist()) == {0.0, 1.0}
@@ -243,11 +243,11 @@ def test_a_batch_is_the_same_whether_collated_item_by_item_or_indexed_whole(data
     dataset = ready(data_dir, normal_classes=[3, 5]).datasets["test"]
     rows = torch.tensor([4, 0, 17, 9])
     whole, collated = dataset[rows], Batch.collate([dataset[int(i)] for i in rows])
-    for name in ("images", "labels", "is_anomaly", "index"):
+    for name in ("inputs", "labels", "gt_anomaly", "index"):
         assert torch.equal(getattr(whole, name), getattr(collated, name)), name
     assert torch.equal(whole.index, rows) and len(whole) == 4
     moved = whole.to("cpu", torch.float64)
-    assert moved.images.dtype == torch.float64 and moved.labels.dtype == whole.labels.dtype  # images only
+    assert moved.inputs.dtype == torch.float64 and moved.labels.dtype == whole.labels.dtype  # images only
 
 
 #: a process that prepares MNIST in a folder with a stand-in download (slow, logged) and then reads it

@@ -64,9 +64,9 @@ def test_a_batch_pins_every_tensor_it_holds(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
     batch = Batch(torch.rand(2, 1, 4, 4), labels=torch.tensor([1, 2]), index=torch.tensor([0, 1]))
     result = pin_memory(batch)
-    assert isinstance(result, Batch) and result.is_anomaly is None
-    assert [id(t) for t in (result.images, result.labels, result.index)] == [id(t) for t in pinned]
-    assert torch.equal(result.images, batch.images)
+    assert isinstance(result, Batch) and result.gt_anomaly is None
+    assert [id(t) for t in (result.inputs, result.labels, result.index)] == [id(t) for t in pinned]
+    assert torch.equal(result.inputs, batch.inputs)
 
 
 @pytest.mark.parametrize("device, pinned", [("cpu", False), ("cuda", True)])
@@ -93,7 +93,7 @@ def test_predict_on_resident_data_reads_whole_batches_and_equals_the_dataloader_
     loader = datamodule.predict_dataloader()
     assert isinstance(loader.dataset, BatchReads) and loader.num_workers == 0
     first = next(iter(loader))
-    assert first.images.shape == (16, 1, 28, 28) and first.index.tolist() == list(range(16))
+    assert first.inputs.shape == (16, 1, 28, 28) and first.index.tolist() == list(range(16))
 
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", VAE, *tiny(data_dir)])

@@ -91,12 +91,12 @@ def test_normal_classes_keep_train_and_val_normal_and_test_whole(data_dir: Path)
         # the split of all images, then filtered: the same images as the full split's 3s and 5s
         expected = whole.datasets[split].labels
         assert torch.equal(labels, expected[(expected == 3) | (expected == 5)])
-        assert not datamodule.datasets[split].is_anomaly.any()
+        assert not datamodule.datasets[split].gt_anomaly.any()
     test = datamodule.datasets["test"]
     assert len(test) == NUM_TEST
-    assert torch.equal(test.is_anomaly, (test.labels != 3) & (test.labels != 5))
+    assert torch.equal(test.gt_anomaly, (test.labels != 3) & (test.labels != 5))
     item = test[0]
-    assert item.images.shape == (1, 28, 28) and bool(item.is_anomaly) == (int(item.labels) not in (3, 5))
+    assert item.inputs.shape == (1, 28, 28) and bool(item.gt_anomaly) == (int(item.labels) not in (3, 5))
 
 
 @pytest.mark.parametrize("normal_classes", [[], [10], list(range(10))])
@@ -139,12 +139,12 @@ def test_anomaly_config_fits_tests_and_flags_predictions(data_dir: Path, in_tmp:
 
     main(["predict", "--config", ANOMALY, *tiny(data_dir), "--ckpt_path", str(ckpt)])
     predictions = read_predictions(run_folder(in_tmp, "anomaly", version=2))
-    scores, labels = predictions["anomaly_score"], predictions["label"]
+    scores, labels = predictions["anomaly_score"], predictions["labels"]
     is_anomaly = labels != 3
-    assert torch.equal(predictions["is_anomaly"], scores > threshold)
+    assert torch.equal(predictions["pred_anomaly"], scores > threshold)
     # the AE's scores are deterministic: the logged metrics are those of the predicted scores
     assert metrics["test/auroc"].item() == pytest.approx(auroc_by_pairs(scores, is_anomaly), abs=1e-6)
-    flags = predictions["is_anomaly"]
+    flags = predictions["pred_anomaly"]
     true_positives = (flags & is_anomaly).sum().item()
     f1 = 2 * true_positives / (flags.sum().item() + is_anomaly.sum().item())
     assert metrics["test/f1"].item() == pytest.approx(f1)
@@ -169,9 +169,9 @@ def test_predict_writes_one_ordered_file_and_its_csv(data_dir: Path, in_tmp: Pat
     predicted = main(["predict", "--config", AE, *tiny(data_dir), "--ckpt_path", str(ckpt)])
     run = run_folder(in_tmp, "ae", version=1)
     predictions = read_predictions(run)
-    assert set(predictions) == {"latent", "anomaly_score", "label", "index"}  # no threshold: no flag
+    assert set(predictions) == {"latent", "anomaly_score", "labels", "index"}  # no threshold: no flag
     assert torch.equal(predictions["index"], torch.arange(NUM_TEST))
-    assert torch.equal(predictions["label"], predicted.datamodule.datasets["test"].labels)
+    assert torch.equal(predictions["labels"], predicted.datamodule.datasets["test"].labels)
     assert predictions["latent"].shape == (NUM_TEST, 20)
     model = type(predicted.model).load_from_checkpoint(ckpt).model.eval()
     images = Batch(predicted.datamodule.datasets["test"].images.float() / 255)
@@ -181,8 +181,8 @@ def test_predict_writes_one_ordered_file_and_its_csv(data_dir: Path, in_tmp: Pat
 
     with (run / "predictions.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert len(rows) == NUM_TEST and list(rows[0])[:3] == ["index", "label", "anomaly_score"]
-    assert [int(row["label"]) for row in rows] == predictions["label"].tolist()
+    assert len(rows) == NUM_TEST and list(rows[0])[:3] == ["index", "labels", "anomaly_score"]
+    assert [int(row["labels"]) for row in rows] == predictions["labels"].tolist()
     assert float(rows[5]["latent_19"]) == pytest.approx(predictions["latent"][5, 19].item())
 
 
@@ -378,7 +378,7 @@ def test_test_logs_mse_psnr_and_ssim_of_the_reconstructions(name: str, data_dir:
     metrics = tested.trainer.callback_metrics
     model = type(tested.model).load_from_checkpoint(ckpt).eval()
     test = tested.datamodule.datasets["test"]
-    x = test[torch.arange(len(test))].images
+    x = test[torch.arange(len(test))].inputs
     with torch.no_grad():
         reconstruction = model(x)
     mse = (reconstruction - x).square().mean().item()
@@ -496,7 +496,7 @@ def test_evaluator_sets_the_threshold_on_normal_validation_scores_and_scores_the
     images = torch.rand(40, 1, 28, 28)
     is_anomaly = torch.arange(40) % 4 == 0
     images[is_anomaly] = 1.0  # anomalies: white images, far from the rest
-    batches = [Batch(images[i : i + 10], is_anomaly=is_anomaly[i : i + 10]) for i in range(0, 40, 10)]
+    batches = [Batch(images[i : i + 10], gt_anomaly=is_anomaly[i : i + 10]) for i in range(0, 40, 10)]
     for batch in batches:
         evaluator.validation_batch(model, batch)
     results = evaluator.validation_end()

@@ -14,6 +14,7 @@ import torch
 
 from ae_lightning.cli import main
 from ae_lightning.export.runtime import ExportedModel
+from ae_lightning.value_range import scale_pixels
 from tests.conftest import CONFIGS, REPO, run_and_fail, run_folder, tiny_for
 
 #: configs whose parity runs in the default test run (one per kind of graph); the others are marked slow
@@ -52,38 +53,50 @@ def test_exported_graphs_give_the_checkpoints_codes_reconstructions_and_scores(
     module = type(fitted.model).load_from_checkpoint(checkpoint)
     model, threshold = module.model.eval(), module.anomaly_threshold
     dataset = fitted.datamodule.datasets["test"]
-    batch = dataset[torch.arange(min(13, len(dataset)))].to("cpu")  # 13: not the export's example batch
+    rows = torch.arange(min(13, len(dataset)))  # 13: not the export's example batch
+    batch = dataset[rows].to("cpu")
     conditional = ("labels",) if config == "cvae" else ()
+    if len(model.image_shape) == 3:  # images: the graphs take the uint8 pixels and scale them themselves
+        pixels = dataset.images[rows if dataset.rows is None else dataset.rows[rows]].cpu()
+        binarized = bool(fitted.datamodule.hparams.get("binarize"))  # the pixels are 0 or 255 then
+        batch = batch.with_inputs(scale_pixels(pixels, model.value_range, "threshold" if binarized else None))
+        inputs = pixels.numpy()
+    else:
+        inputs = batch.inputs.numpy()
     with torch.no_grad():
         expected = {
-            "code": model.latent(batch),
+            "latent": model.latent(batch),
             "reconstruction": model.reconstruct(batch),
-            "score": model.anomaly_score(batch),
+            "anomaly_score": model.anomaly_score(batch),
         }
     labels = [batch.labels.long().numpy()] if conditional else []
-    images = batch.images.numpy()
     for form in ("onnx", "torchscript"):
         exported = ExportedModel(in_tmp / form)
         assert exported.spec["input"]["shape"] == list(model.image_shape)
+        assert exported.spec["input"]["dtype"] == str(inputs.dtype)
         assert exported.spec["threshold"] == threshold
         assert len(exported.spec["checkpoint"]["sha256"]) == 64
-        (code,) = exported.run("encoder", images, *labels)
-        (reconstruction,) = exported.run("decoder", code, *labels)
-        score, is_anomaly = exported.run("scorer", images, *labels)
+        (latent,) = exported.run("encoder", inputs, *labels)
+        (reconstruction,) = exported.run("decoder", latent, *labels)
+        anomaly_score, pred_anomaly = exported.run("scorer", inputs, *labels)
         measured = {
-            "code": relative_difference(code, expected["code"]),
+            "latent": relative_difference(latent, expected["latent"]),
             "reconstruction": relative_difference(reconstruction, expected["reconstruction"]),
-            "score": relative_difference(score, expected["score"]),
+            "anomaly_score": relative_difference(anomaly_score, expected["anomaly_score"]),
         }
         RELATIVE_DIFFERENCES[f"{config}/{form}"] = max(measured.values())
         assert max(measured.values()) <= 1e-5, (form, measured)
         if threshold is not None:
-            assert np.array_equal(is_anomaly, (expected["score"] > threshold).numpy())
-        (single,) = exported.run("encoder", images[:1], *[array[:1] for array in labels])  # any batch size
+            assert np.array_equal(pred_anomaly, (expected["anomaly_score"] > threshold).numpy())
+        (single,) = exported.run("encoder", inputs[:1], *[array[:1] for array in labels])  # any batch size
         assert single.shape == (1, model.latent_dim)
         if form == "onnx":
             for part in ("encoder", "decoder", "scorer"):
                 onnx.checker.check_model(str(in_tmp / form / f"{part}.onnx"), full_check=True)
+                graph = onnx.load(str(in_tmp / form / f"{part}.onnx")).graph
+                names = exported.spec["graphs"][part]
+                assert [i.name for i in graph.input] == names["inputs"]
+                assert [o.name for o in graph.output] == names["outputs"]
     mine = {key: value for key, value in RELATIVE_DIFFERENCES.items() if key.startswith(f"{config}/")}
     print(f"\nlargest relative difference: {mine}")
 
@@ -126,8 +139,8 @@ def test_score_gives_predicts_scores_without_lightning(data_dir: Path, in_tmp: P
     assert len(scored) == len(predicted) == 40
     for row, prediction in zip(scored, predicted, strict=True):
         assert row["index"] == prediction["index"]
-        assert float(row["score"]) == pytest.approx(float(prediction["anomaly_score"]), rel=1e-5)
-        assert row["is_anomaly"] == prediction["is_anomaly"]
+        assert float(row["anomaly_score"]) == pytest.approx(float(prediction["anomaly_score"]), rel=1e-5)
+        assert row["pred_anomaly"] == prediction["pred_anomaly"]
 
 
 def test_bad_export_input_is_one_line(data_dir: Path, in_tmp: Path, capsys) -> None:
@@ -184,11 +197,11 @@ def test_the_readme_example_runs_the_onnx_encoder_with_onnxruntime_alone(
     example = readme.split("```python\n")[1].split("```")[0]
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
-    assert namespace["codes"].shape == (8, 20)
+    assert namespace["latent"].shape == (8, 20)
     model = ExportedModel(in_tmp / "exported")
     pixels = namespace["pixels"]
-    (expected,) = model.run("encoder", model.to_model_input(pixels))
-    np.testing.assert_allclose(namespace["codes"], expected, rtol=1e-6)
+    (expected,) = model.run("encoder", model.model_input(pixels))
+    np.testing.assert_allclose(namespace["latent"], expected, rtol=1e-6)
 
 
 def test_score_of_a_folder_gives_predicts_scores_by_path(data_dir: Path, in_tmp: Path) -> None:
@@ -208,7 +221,59 @@ def test_score_of_a_folder_gives_predicts_scores_by_path(data_dir: Path, in_tmp:
     assert score(in_tmp / "exported", data_dir / "inspection" / "test", in_tmp / "scores.csv") == len(
         predicted
     )
-    scored = {row["path"]: float(row["score"]) for row in csv.DictReader((in_tmp / "scores.csv").open())}
+    scored = {
+        row["path"]: float(row["anomaly_score"]) for row in csv.DictReader((in_tmp / "scores.csv").open())
+    }
     assert scored.keys() == predicted.keys()
     for path, value in scored.items():
         assert value == pytest.approx(predicted[path], rel=1e-5), path
+
+
+class _FloatEncoder(torch.nn.Module):
+    """The encoder graph as exports of model.json version 1 traced it: floats in the value range in."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.code(images)
+
+
+class _FloatScorer(_FloatEncoder):
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from ae_lightning.batch import Batch
+
+        score = self.model.anomaly_score(Batch(images)).float()
+        return score, score > 1e9
+
+
+def test_a_folder_exported_before_version_2_still_scores(data_dir: Path, in_tmp: Path) -> None:
+    """An export of model.json version 1 (graphs of float inputs in the value range, named images, code,
+    score, is_anomaly) is still run, its pixels scaled outside the graph, to the scores of a new export."""
+    from ae_lightning.export.score import score
+
+    fitted, _ = fit_and_export("vae", data_dir, in_tmp)
+    model = fitted.model.model.cpu().eval()
+    old = in_tmp / "version_1"
+    old.mkdir()
+    example = torch.zeros(2, *model.image_shape)
+    for name, module in (("encoder", _FloatEncoder(model)), ("scorer", _FloatScorer(model))):
+        with torch.no_grad():
+            traced = torch.jit.freeze(torch.jit.trace(module, (example,), check_trace=False).eval())
+        torch.jit.save(traced, str(old / f"{name}.pt"))
+    spec = json.loads((in_tmp / "torchscript" / "model.json").read_text())
+    low, high = model.value_range
+    spec |= {"version": 1, "files": {"encoder": "encoder.pt", "scorer": "scorer.pt"}}
+    spec["input"] = {"shape": spec["input"]["shape"], "dtype": "float32", "value_range": [low, high],
+                     "from_uint8": f"x = pixel / 255 * {high - low:g} - 1", "layout": "NCHW"}  # fmt: skip
+    del spec["graphs"]
+    (old / "model.json").write_text(json.dumps(spec))
+    idx = data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    for folder in (old, in_tmp / "torchscript"):
+        score(folder, idx, folder / "scores.csv")
+    old_scores, new_scores = (
+        [float(row["anomaly_score"]) for row in csv.DictReader((folder / "scores.csv").open())]
+        for folder in (old, in_tmp / "torchscript")
+    )
+    assert len(old_scores) == 40 and old_scores == pytest.approx(new_scores, rel=1e-5)

@@ -38,8 +38,8 @@ def test_class_folders_are_the_classes_sorted_by_name(data_dir: Path, tmp_path: 
     for i in (0, 7, 30):
         assert train.paths[i].split("/")[-2] == datamodule.class_names[train.labels[i]]
     batch = train[torch.arange(8)]
-    assert batch.images.shape == (8, 3, 32, 32) and batch.is_anomaly is None
-    assert batch.images.min() >= 0 and batch.images.max() <= 1
+    assert batch.inputs.shape == (8, 3, 32, 32) and batch.gt_anomaly is None
+    assert batch.inputs.min() >= 0 and batch.inputs.max() <= 1
 
 
 def test_the_held_out_splits_follow_the_seed(data_dir: Path, tmp_path: Path) -> None:
@@ -55,10 +55,10 @@ def test_the_one_class_layout_tests_normal_against_every_defect(data_dir: Path, 
     assert datamodule.class_names == ["good", "dent", "scratch"]
     for split in ("train", "val"):
         dataset = datamodule.datasets[split]
-        assert not dataset.is_anomaly.any() and all("/train/good/" in path for path in dataset.paths)
+        assert not dataset.gt_anomaly.any() and all("/train/good/" in path for path in dataset.paths)
     test = datamodule.datasets["test"]
     folders = [path.split("/")[-2] for path in test.paths]
-    assert test.is_anomaly.tolist() == [name != "good" for name in folders]
+    assert test.gt_anomaly.tolist() == [name != "good" for name in folders]
     assert sorted(set(folders)) == ["dent", "good", "scratch"]
 
 
@@ -166,7 +166,7 @@ def test_resident_and_streamed_batches_are_the_same(data_dir: Path, tmp_path: Pa
         slow = list(getattr(streamed, f"{split}_dataloader")())
         assert len(fast) == len(slow) > 0
         for a, b in zip(fast, slow, strict=True):
-            assert torch.equal(a.images, b.images) and torch.equal(a.is_anomaly, b.is_anomaly)
+            assert torch.equal(a.inputs, b.inputs) and torch.equal(a.gt_anomaly, b.gt_anomaly)
 
 
 def test_fit_test_and_predict_a_one_class_folder_through_the_cli(data_dir: Path, in_tmp: Path) -> None:
@@ -186,7 +186,7 @@ def test_fit_test_and_predict_a_one_class_folder_through_the_cli(data_dir: Path,
     predicted = main(["predict", *config, *flags, "--ckpt_path=last"])
     lines = (run_folder(in_tmp, "folder_anomaly", 2) / "predictions.csv").read_text().splitlines()
     header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
-    assert header[:5] == ["index", "path", "label", "anomaly_score", "is_anomaly"]
+    assert header[:5] == ["index", "path", "labels", "anomaly_score", "pred_anomaly"]
     assert [row[1] for row in rows] == predicted.datamodule.datasets["test"].paths
     assert {row[1].split("/")[-2] for row in rows} == {"good", "dent", "scratch"}
 
@@ -285,7 +285,7 @@ def test_a_gray_folder_trains_a_gray_model_of_the_first_images_size(data_dir: Pa
     first = image_files(data_dir / "images")[0]
     height, width = Image.open(first).size[::-1]
     assert fitted.model.model.image_shape == (1, height, width)
-    assert fitted.datamodule.datasets["train"][torch.arange(2)].images.shape == (2, 1, height, width)
+    assert fitted.datamodule.datasets["train"][torch.arange(2)].inputs.shape == (2, 1, height, width)
 
 
 def test_data_too_large_for_the_memory_is_streamed_from_the_cache(
@@ -302,7 +302,7 @@ def test_data_too_large_for_the_memory_is_streamed_from_the_cache(
     resident = folder_module(data_dir / "inspection", tmp_path, batch_size=8)
     assert resident.resident and resident.datasets["train"].rows is None  # copied into memory
     first = next(iter(streamed.test_dataloader()))
-    assert torch.equal(first.images, next(iter(resident.test_dataloader())).images)
+    assert torch.equal(first.inputs, next(iter(resident.test_dataloader())).inputs)
 
 
 def real_mnist() -> Path | None:

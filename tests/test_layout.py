@@ -72,4 +72,4 @@ def test_checkpoints_of_the_earlier_layout_load(cls, extra, tmp_path: Path) -> N
     loaded = cls.load_from_checkpoint(old).eval()
     batch = fixed_batch(count=4)
     given = tensor_inputs(module.model, batch)
-    torch.testing.assert_close(loaded(batch.images, *given), module.eval()(batch.images, *given))
+    torch.testing.assert_close(loaded(batch.inputs, *given), module.eval()(batch.inputs, *given))

@@ -30,10 +30,10 @@ def test_helix_points_lie_on_the_helix_with_their_true_angle() -> None:
     batch = train[torch.arange(len(train))]
     t = batch.coordinates[:, 0].double()
     expected = torch.stack([3 * t.cos(), 3 * t.sin(), t / (4 * math.pi)], 1)
-    torch.testing.assert_close(manifold.to_xyz(batch.images), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(manifold.to_xyz(batch.inputs), expected, atol=1e-5, rtol=0)
     example = manifold.to_data(torch.tensor([[3.0, 0.0, 0.5]], dtype=torch.float64))
     assert manifold.distance(example).item() < 1e-3
-    assert batch.images.abs().max() <= 0.9 + 1e-6 and batch.images.shape == (400, 3)
+    assert batch.inputs.abs().max() <= 0.9 + 1e-6 and batch.inputs.shape == (400, 3)
     assert datamodule.image_shape == (3,) and datamodule.value_range == (-1.0, 1.0)
 
 
@@ -63,8 +63,8 @@ def test_an_embedding_hides_the_helix_in_r_d_and_keeps_its_shape() -> None:
 def test_the_swiss_roll_has_two_coordinates() -> None:
     datamodule = ready(manifold="swiss_roll")
     batch = datamodule.datasets["train"][torch.arange(10)]
-    assert batch.coordinates.shape == (10, 2) and batch.images.shape == (10, 3)
-    assert datamodule.manifold.distance(batch.images).max() < 0.02  # on the surface, up to the grid
+    assert batch.coordinates.shape == (10, 2) and batch.inputs.shape == (10, 3)
+    assert datamodule.manifold.distance(batch.inputs).max() < 0.02  # on the surface, up to the grid
 
 
 def test_rank_correlation_and_linear_fit() -> None:

@@ -21,7 +21,7 @@ def test_hyperparameters_rebuild_the_same_model(cls, extra) -> None:
     rebuilt.load_state_dict(model.state_dict())
     batch = fixed_batch((-1.0, 1.0), count=4)
     given = tensor_inputs(model.model, batch)
-    torch.testing.assert_close(rebuilt.eval()(batch.images, *given), model.eval()(batch.images, *given))
+    torch.testing.assert_close(rebuilt.eval()(batch.inputs, *given), model.eval()(batch.inputs, *given))
 
 
 @pytest.mark.parametrize("cls, extra", CASES, ids=IDS)
@@ -64,7 +64,7 @@ def test_fits_writes_a_grid_and_reloads_from_its_checkpoint(cls, extra, data_dir
     reloaded = cls.load_from_checkpoint(ckpt).eval()
     batch = fixed_batch(count=6)
     given = tensor_inputs(torch_model, batch)
-    torch.testing.assert_close(reloaded(batch.images, *given), model(batch.images, *given))
+    torch.testing.assert_close(reloaded(batch.inputs, *given), model(batch.inputs, *given))
 
 
 def test_a_module_and_datamodule_given_the_same_range_as_tuples_fit_with_a_logger(data_dir, tmp_path) -> None:

@@ -44,7 +44,7 @@ def test_resident_batches_are_the_dataloader_paths_batches(data_dir: Path, split
         pairs = list(zip(fast, slow, strict=True))
         assert len(pairs) == len(fast) == len(slow)
         for batch_fast, batch_slow in pairs:
-            torch.testing.assert_close(batch_fast.images, batch_slow.images, rtol=0, atol=0)
+            torch.testing.assert_close(batch_fast.inputs, batch_slow.inputs, rtol=0, atol=0)
             assert torch.equal(batch_fast.labels, batch_slow.labels)
             assert torch.equal(batch_fast.index, batch_slow.index)
     if split == "train":
@@ -79,7 +79,7 @@ def test_resident_batches_group_k_batches_per_call(data_dir: Path) -> None:
     )
     loader = DataLoader(dataset, batch_size=None, sampler=ResidentBatches(dataset, 16, steps_per_call=2))
     first = next(iter(loader))
-    assert [batch.images.shape for batch in first] == [torch.Size([16, 1, 28, 28])] * 2
+    assert [batch.inputs.shape for batch in first] == [torch.Size([16, 1, 28, 28])] * 2
 
 
 def test_k_steps_per_call_give_the_weights_of_k_single_steps(

@@ -20,7 +20,7 @@ from tests.test_autoencoders import fixed_batch, make
 def test_sparse_kl_penalty_is_the_bernoulli_kl_of_the_mean_activation() -> None:
     model = make(SparseAE, {"sparsity_penalty": "kl", "sparsity_target": 0.1, "sparsity_weight": 3.0})
     batch = fixed_batch(count=6)
-    x = batch.images
+    x = batch.inputs
     terms = model.train().loss_terms(batch)
     code = torch.sigmoid(model.encoder(x))  # (6, 8)
     expected = 0.0
@@ -41,7 +41,7 @@ def test_sparse_kl_penalty_vanishes_at_the_target_rate() -> None:
 def test_sparse_l1_penalty_is_the_l1_norm_of_the_relu_code() -> None:
     model = make(SparseAE, {"sparsity_penalty": "l1", "sparsity_weight": 0.5})
     batch = fixed_batch(count=4)
-    x = batch.images
+    x = batch.inputs
     terms = model.train().loss_terms(batch)
     code = model.encoder(x).clamp(min=0)
     torch.testing.assert_close(terms["sparsity"], code.sum(1))
@@ -61,7 +61,7 @@ def test_contractive_penalty_is_the_squared_frobenius_norm_of_the_encoder_jacobi
 ) -> None:
     model = make(ContractiveAE, {"contractive_weight": 0.3}, backbone=backbone, hidden_dims=hidden_dims)
     batch = fixed_batch(count=3)
-    x = batch.images
+    x = batch.inputs
     terms = model.train().loss_terms(batch)
     expected = torch.stack(
         [
@@ -113,7 +113,7 @@ def test_vae_without_warmup_uses_beta_from_the_first_step() -> None:
 def test_kl_per_unit_adds_up_to_the_kl() -> None:
     model = make(VAE, {})
     batch = fixed_batch(count=5)
-    x = batch.images
+    x = batch.inputs
     terms = model.eval().loss_terms(batch)
     per_unit = torch.stack([terms[f"kl_dim/{unit}"] for unit in range(8)], 1)
     mu, logvar = model.encode(x)
@@ -139,7 +139,7 @@ def test_active_units_count_the_units_whose_posterior_mean_varies() -> None:
 def test_cvae_networks_see_the_one_hot_label(backbone, hidden_dims) -> None:
     model = make(ConditionalVAE, {"num_classes": 10}, backbone=backbone, hidden_dims=hidden_dims)
     batch = fixed_batch(count=4)
-    x = batch.images
+    x = batch.inputs
     labels = torch.tensor([3, 0, 9, 3])
     seen: dict[str, torch.Tensor] = {}
 
@@ -179,7 +179,7 @@ def test_cvae_grid_samples_are_one_row_per_class_from_the_same_noise() -> None:
 def test_cvae_refuses_batches_without_labels_and_labels_out_of_range() -> None:
     model = make(ConditionalVAE, {"num_classes": 3})
     batch = fixed_batch(count=4)
-    x = batch.images
+    x = batch.inputs
     with pytest.raises(ConfigError, match="needs labelled batches"):
         model.loss_terms(Batch(x))
     model.check_labels(0, 2)  # the data's labels, checked once before training (not in each step)
@@ -193,7 +193,7 @@ def test_cvae_refuses_batches_without_labels_and_labels_out_of_range() -> None:
 def test_iwae_with_one_sample_is_the_elbo_on_the_same_draw() -> None:
     model = make(IWAE, {"num_samples": 1}, value_range=(-1.0, 1.0))
     batch = fixed_batch((-1.0, 1.0), count=5)
-    x = batch.images
+    x = batch.inputs
     torch.manual_seed(3)
     terms = model.train().loss_terms(batch)
     torch.manual_seed(3)
@@ -279,7 +279,7 @@ def test_quantizer_keeps_float32_under_mixed_precision() -> None:
 def test_vqvae_loss_is_reconstruction_plus_codebook_plus_weighted_commitment() -> None:
     model = make(VQVAE, {"codebook_size": 8, "code_dim": 4, "commitment_cost": 0.25})
     batch = fixed_batch(count=3)
-    x = batch.images
+    x = batch.inputs
     terms = model.eval().loss_terms(batch)
     z = model.encoder(x).view(3, 2, 4)  # 8 outputs = 2 vectors of 4 per image
     codebook = model.quantizer.codebook.detach()

@@ -139,20 +139,20 @@ class Autoencoder(nn.Module):
 
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
         """Per-image loss terms, each (B,); the key `loss` is what is minimised."""
-        recon = self.reconstruction_error(batch.images, batch.images)
+        recon = self.reconstruction_error(batch.inputs, batch.inputs)
         return {"loss": recon, "recon": recon}
 
     def latent(self, batch: Batch) -> Tensor:
         """Deterministic code of each image, for use as features: (B, latent_dim)."""
-        return self.code(batch.images)
+        return self.code(batch.inputs)
 
     def reconstruct(self, batch: Batch) -> Tensor:
         """Reconstruction of each image (for a VAE: the decoded posterior mean), (B, C, H, W)."""
-        return self(batch.images)
+        return self(batch.inputs)
 
     def anomaly_score(self, batch: Batch) -> Tensor:
         """Reconstruction error of each image (higher: more anomalous), (B,)."""
-        return self.reconstruction_error(batch.images, batch.images)
+        return self.reconstruction_error(batch.inputs, batch.inputs)
 
     def training_metrics(self) -> dict[str, Tensor | float]:
         """Numbers describing the model after a training step (e.g. a weight that follows the step)."""

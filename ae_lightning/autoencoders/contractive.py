@@ -55,8 +55,8 @@ class ContractiveAE(Autoencoder):
         return code, penalty
 
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
-        code, penalty = self.code_and_jacobian_penalty(batch.images)
-        recon = self.reconstruction_loss(self.decoder(code), batch.images)
+        code, penalty = self.code_and_jacobian_penalty(batch.inputs)
+        recon = self.reconstruction_loss(self.decoder(code), batch.inputs)
         return {
             "loss": recon + self.contractive_weight * penalty,
             "recon": recon,

@@ -76,16 +76,16 @@ class ConditionalVAE(VAE, Conditional):
         return self.decode(self.code(x, labels), labels)
 
     def latent(self, batch: Batch) -> Tensor:
-        return self.code(batch.images, self.labels_of(batch))
+        return self.code(batch.inputs, self.labels_of(batch))
 
     def reconstruct(self, batch: Batch) -> Tensor:
-        return self(batch.images, self.labels_of(batch))
+        return self(batch.inputs, self.labels_of(batch))
 
     def posterior(self, batch: Batch) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
         """(mu, logvar) of q(z | x, y) and the raw decoder given the labels (repeated for n draws each)."""
         labels = self.labels_of(batch)
         one_hot = self.one_hot(labels)
-        mu, logvar = self.encode(batch.images, labels)
+        mu, logvar = self.encode(batch.inputs, labels)
         return mu, logvar, lambda z: self.decoder(z, one_hot.repeat(z.shape[0] // one_hot.shape[0], 1))
 
     def sample(

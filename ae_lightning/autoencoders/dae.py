@@ -89,7 +89,7 @@ class DenoisingAE(Autoencoder, Denoising):
         return x
 
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
-        x = batch.images
+        x = batch.inputs
         if self.training:
             recon = self.reconstruction_error(self.corrupt(x), x)
             return {"loss": recon, "recon": recon}

@@ -66,8 +66,8 @@ class SparseAE(Autoencoder):
         return bernoulli_kl(self.sparsity_target, code.mean(0)).expand(code.shape[0])
 
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
-        code = self.code(batch.images)
-        recon = self.reconstruction_loss(self.decoder(code), batch.images)
+        code = self.code(batch.inputs)
+        recon = self.reconstruction_loss(self.decoder(code), batch.inputs)
         sparsity = self.sparsity(code)
         return {
             "loss": recon + self.sparsity_weight * sparsity,

@@ -122,12 +122,12 @@ class VAE(Autoencoder, Generative, LogLikelihood):
     def posterior(self, batch: Batch) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
         """(mu, logvar) of q(z | x), each (B, D), and the raw decoder of codes of these images (for codes of
         n x B rows, n draws per image, image-major within a draw)."""
-        mu, logvar = self.encode(batch.images)
+        mu, logvar = self.encode(batch.inputs)
         return mu, logvar, self.decoder
 
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
         mu, logvar, decode_raw = self.posterior(batch)
-        recon = self.reconstruction_loss(decode_raw(reparameterize(mu, logvar)), batch.images)
+        recon = self.reconstruction_loss(decode_raw(reparameterize(mu, logvar)), batch.inputs)
         kl_per_unit = gaussian_kl_per_unit(mu, logvar)
         kl = kl_per_unit.sum(1)
         # the warm-up schedules training only: evaluation always weighs the KL by beta, so val/loss compares
@@ -144,7 +144,7 @@ class VAE(Autoencoder, Generative, LogLikelihood):
         """log p(x | z_i) + log p(z_i) - log q(z_i | x) for `num_samples` posterior draws z_i of each image:
         (num_samples, B); with the reconstruction terms (num_samples, B), mu and logvar (B, D). The draws are
         decoded `chunk_size` at a time (default: as many as keep a chunk's outputs under 2^24 numbers)."""
-        x = batch.images
+        x = batch.inputs
         mu, logvar, decode_raw = self.posterior(batch)
         std = (0.5 * logvar).exp()
         if chunk_size is None:
@@ -180,7 +180,7 @@ class VAE(Autoencoder, Generative, LogLikelihood):
         mu, logvar, decode_raw = self.posterior(batch)
         eps = self.score_noise if num_samples == SCORE_SAMPLES else score_noise(num_samples, self.latent_dim)
         z = mu + (0.5 * logvar).exp() * eps.to(mu.device, mu.dtype)[:, None]  # (S, B, D)
-        targets = batch.images.repeat(num_samples, *[1] * (batch.images.ndim - 1))
+        targets = batch.inputs.repeat(num_samples, *[1] * (batch.inputs.ndim - 1))
         recon = self.reconstruction_loss(decode_raw(z.flatten(0, 1)), targets).view(num_samples, -1).mean(0)
         return recon + gaussian_kl(mu, logvar)
 

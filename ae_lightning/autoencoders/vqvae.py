@@ -87,8 +87,8 @@ class VQVAE(Autoencoder):
         return self.quantize(self.encoder(x)).indices
 
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
-        quantized = self.quantize(self.encoder(batch.images), update=self.training)
-        recon = self.reconstruction_loss(self.decoder(quantized.codes), batch.images)
+        quantized = self.quantize(self.encoder(batch.inputs), update=self.training)
+        recon = self.reconstruction_loss(self.decoder(quantized.codes), batch.inputs)
         loss = recon + self.commitment_cost * quantized.commitment
         terms = {"loss": loss, "recon": recon, "commitment": quantized.commitment}
         if self.quantizer.ema_decay == 0:  # with EMA updates the codebook takes no gradient
@@ -104,4 +104,4 @@ class VQVAE(Autoencoder):
         return {"code_usage": CodeUsage(self.codebook_size)}
 
     def evaluation_inputs(self, batch: Batch) -> dict[str, Tensor]:
-        return {"code_usage": self.codes(batch.images)}
+        return {"code_usage": self.codes(batch.inputs)}

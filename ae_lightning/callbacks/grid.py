@@ -60,7 +60,7 @@ class SampleGrid:
         model.eval()
         try:
             sources = self._rows_per_image(model, fixed)
-            blank = torch.full_like(fixed.images[:1], model.value_range[0])
+            blank = torch.full_like(fixed.inputs[:1], model.value_range[0])
             rows = []
             for start in range(0, len(fixed), self.nrow):
                 for source in sources:
@@ -78,11 +78,11 @@ class SampleGrid:
     def _rows_per_image(self, model: Autoencoder, fixed: Batch) -> list[Tensor]:
         """What the grid shows of each fixed image, one row each."""
         batch = fixed.to(model.device, model.dtype)
-        rows = [fixed.images, model.reconstruct(batch).float().cpu()]
+        rows = [fixed.inputs, model.reconstruct(batch).float().cpu()]
         if isinstance(model, Denoising):
             generator = torch.Generator(device=model.device).manual_seed(self.sample_seed)
-            corrupted = batch.with_images(model.corrupt(batch.images, generator))
-            rows += [corrupted.images.float().cpu(), model.reconstruct(corrupted).float().cpu()]
+            corrupted = batch.with_inputs(model.corrupt(batch.inputs, generator))
+            rows += [corrupted.inputs.float().cpu(), model.reconstruct(corrupted).float().cpu()]
         return rows
 
     def fixed_images(self, trainer: "pl.Trainer") -> Batch:

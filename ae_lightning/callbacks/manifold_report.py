@@ -104,7 +104,7 @@ class ManifoldReport(Callback):
             return
         model = autoencoder_of(pl_module)
         parts = {
-            "inputs": batch.images,
+            "inputs": batch.inputs,
             "codes": model.latent(batch),
             "reconstructions": model.reconstruct(batch),
             "coordinates": batch.coordinates,

@@ -41,8 +41,10 @@ def order_by_index(parts: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def write_csv(predictions: dict[str, Tensor | list[str]], path: Path) -> None:
-    """One row per sample: index, path, label, anomaly_score, is_anomaly (those present), then latent_0 ..."""
-    scalars = [key for key in ("index", "path", "label", "anomaly_score", "is_anomaly") if key in predictions]
+    """One row per sample: index, path, labels, anomaly_score, pred_anomaly (those present), latent_0 ..."""
+    scalars = [
+        key for key in ("index", "path", "labels", "anomaly_score", "pred_anomaly") if key in predictions
+    ]
     latent = predictions["latent"].float().flatten(1)
     header = scalars + [f"latent_{unit}" for unit in range(latent.shape[1])]
     columns = [list(predictions[key]) if key == "path" else predictions[key].tolist() for key in scalars]
@@ -57,8 +59,8 @@ class PredictionWriter(BasePredictionWriter):
     """Writes what `predict` computed, for every sample in dataset order, to the run folder.
 
     `predictions.pt` (always): a dict of tensors `latent` (N, latent_dim; the posterior mean for a VAE),
-    `anomaly_score` (N,), `label` (N,) when the dataset has labels, `is_anomaly` (N,) when the model holds an
-    anomaly threshold, `index` (N,), the position of each row in the predicted dataset, and `path` (a list
+    `anomaly_score` (N,), `labels` (N,) when the dataset has labels, `pred_anomaly` (N,) when the model holds
+    an anomaly threshold, `index` (N,), the position of each row in the predicted dataset, and `path` (a list
     of N file names) when the images came from files (`ImageFolderDataModule`). Load it with
     `torch.load(path)`. Under DDP each rank predicts a disjoint share; the shares are gathered by index
     and written once, by global rank zero, so the file is the one a single process writes.

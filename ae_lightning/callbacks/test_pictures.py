@@ -97,7 +97,7 @@ class TestPictures(Callback):
       per pair of test images (the 2i-th and (2i+1)-th), decoding `steps` codes evenly spaced between their
       posterior means, the two images at the ends;
     - 2-d latents: a scatter of the test latents coloured by label;
-    - one-class runs (batches with `is_anomaly`): the `num_extremes` most anomalous test images (top block)
+    - one-class runs (batches with `gt_anomaly`): the `num_extremes` most anomalous test images (top block)
       and the least anomalous (bottom block), and a histogram of the scores of normal vs anomalous images with
       the threshold.
 
@@ -136,11 +136,11 @@ class TestPictures(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         model = autoencoder_of(pl_module)
-        parts = {"images": batch.images, "latents": model.latent(batch)}
+        parts = {"images": batch.inputs, "latents": model.latent(batch)}
         if batch.labels is not None:
             parts["labels"] = batch.labels
-        if batch.is_anomaly is not None:
-            parts["is_anomaly"] = batch.is_anomaly
+        if batch.gt_anomaly is not None:
+            parts["gt_anomaly"] = batch.gt_anomaly
             parts["scores"] = model.anomaly_score(batch)
         self._collected.add(parts)
 
@@ -174,7 +174,7 @@ class TestPictures(Callback):
         if latents.shape[1] == 2 and "labels" in data:
             pictures["latent_scatter"] = scatter_image(latents, data["labels"])
         if "scores" in data:
-            scores, is_anomaly = data["scores"], data["is_anomaly"].bool()
+            scores, gt_anomaly = data["scores"], data["gt_anomaly"].bool()
             order = scores.argsort(descending=True)
             count = min(self.num_extremes, len(scores))
             blocks = [images[order[:count]], images[order.flip(0)[:count]]]
@@ -185,7 +185,7 @@ class TestPictures(Callback):
                 ]
             )
             pictures["anomaly_histogram"] = histogram_image(
-                scores[~is_anomaly], scores[is_anomaly], threshold
+                scores[~gt_anomaly], scores[gt_anomaly], threshold
             )
         return pictures
 

@@ -46,12 +46,12 @@ class ImageDataModule(AutoencoderDataModule):
         (`normal_class_targets`). `binarize_train`: the training images are binarised afresh at each read."""
         datasets: dict[Split, ImageTensorDataset] = {}
         for split, (images, labels) in splits.items():
-            is_anomaly, keep = normal_class_targets(labels, normal_classes, split)
+            gt_anomaly, keep = normal_class_targets(labels, normal_classes, split)
             if keep is not None:
-                images, labels, is_anomaly = images[keep], labels[keep], is_anomaly[keep]
+                images, labels, gt_anomaly = images[keep], labels[keep], gt_anomaly[keep]
             binarize = binarize_train and split == "train"
             datasets[split] = ImageTensorDataset(
-                images, labels, self.value_range, binarize=binarize, is_anomaly=is_anomaly
+                images, labels, self.value_range, binarize=binarize, gt_anomaly=gt_anomaly
             )
         return datasets
 
@@ -66,19 +66,19 @@ def held_out(count: int, size: int, seed: int) -> tuple[Tensor, Tensor]:
 def normal_class_targets(
     labels: Tensor, normal_classes: Sequence[int] | None, split: Split
 ) -> tuple[Tensor | None, Tensor | None]:
-    """The one-class protocol on a labelled split: (`is_anomaly` (N,) bool, or None without normal classes;
+    """The one-class protocol on a labelled split: (`gt_anomaly` (N,) bool, or None without normal classes;
     the items to keep, or None for all). Training and validation keep the normal classes only (the
     anomalies are unseen until test); a split left without images, or a test split without anomalies, is
     an error."""
     if normal_classes is None:
         return None, None
-    is_anomaly = ~torch.isin(labels, torch.tensor(list(normal_classes), dtype=labels.dtype))
-    keep = None if split == "test" else ~is_anomaly
-    left = is_anomaly if keep is None else is_anomaly[keep]
+    gt_anomaly = ~torch.isin(labels, torch.tensor(list(normal_classes), dtype=labels.dtype))
+    keep = None if split == "test" else ~gt_anomaly
+    left = gt_anomaly if keep is None else gt_anomaly[keep]
     if len(left) == 0 or (split == "test" and not left.any()):
         missing = "anomalies" if split == "test" else "images"
         raise DataError(f"normal_classes {list(normal_classes)} leave the {split} split without {missing}")
-    return is_anomaly, keep
+    return gt_anomaly, keep
 
 
 def check_normal_classes(normal_classes: Sequence[int] | None, num_classes: int) -> list[int] | None:

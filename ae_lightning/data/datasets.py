@@ -5,6 +5,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ae_lightning.batch import Batch
+from ae_lightning.value_range import scale_pixels
 
 
 class ImageTensorDataset(Dataset[Batch]):
@@ -15,7 +16,7 @@ class ImageTensorDataset(Dataset[Batch]):
     per-image PIL round trip. With `binarize`, each read draws a fresh binary image with pixel
     probabilities from the intensities (dynamic binarisation). Indexed by a tensor of B indices it gives a
     whole batch, ((B, C, H, W), (B,)), in a few tensor operations on whatever device it is kept on
-    (`to`); indexed by a list of such tensors, a list of batches. With `is_anomaly` (N,) bool (the one-class
+    (`to`); indexed by a list of such tensors, a list of batches. With `gt_anomaly` (N,) bool (the one-class
     protocol), items carry it too.
 
     With `rows` (N,) int64 the items are the rows `rows` of `images`, which may hold more (a memory-mapped
@@ -29,7 +30,7 @@ class ImageTensorDataset(Dataset[Batch]):
         labels: Tensor | None,
         value_range: tuple[float, float],
         binarize: bool = False,
-        is_anomaly: Tensor | None = None,
+        gt_anomaly: Tensor | None = None,
         rows: Tensor | None = None,
         paths: list[str] | None = None,
     ) -> None:
@@ -39,7 +40,7 @@ class ImageTensorDataset(Dataset[Batch]):
         self.labels = labels
         self.low, self.high = value_range
         self.binarize = binarize
-        self.is_anomaly = is_anomaly
+        self.gt_anomaly = gt_anomaly
         self.rows = rows
         self.paths = paths
 
@@ -66,8 +67,8 @@ class ImageTensorDataset(Dataset[Batch]):
         self.images = self.images.to(device)
         if self.labels is not None:
             self.labels = self.labels.to(device)
-        if self.is_anomaly is not None:
-            self.is_anomaly = self.is_anomaly.to(device)
+        if self.gt_anomaly is not None:
+            self.gt_anomaly = self.gt_anomaly.to(device)
         return self
 
     def read_in_batches(self) -> "BatchReads":
@@ -84,14 +85,11 @@ class ImageTensorDataset(Dataset[Batch]):
         else:
             index = torch.tensor(index, device=self.images.device)
         rows = index if self.rows is None else self.rows[index.cpu()]
-        x = self.images[rows].float().div_(255)  # (C, H, W) or (B, C, H, W), in [0, 1]
-        if self.binarize:
-            x = torch.bernoulli(x)
-        if (self.low, self.high) != (0.0, 1.0):
-            x = x.mul_(self.high - self.low).add_(self.low)
-        is_anomaly = None if self.is_anomaly is None else self.is_anomaly[index]
+        # (C, H, W) or (B, C, H, W) in the value range
+        x = scale_pixels(self.images[rows], (self.low, self.high), "sample" if self.binarize else None)
+        gt_anomaly = None if self.gt_anomaly is None else self.gt_anomaly[index]
         labels = None if self.labels is None else self.labels[index]
-        return Batch(x, labels, is_anomaly, index)
+        return Batch(x, labels, gt_anomaly, index)
 
 
 #: rows copied to a device at a time by `gather_rows` (64 MB)

@@ -29,7 +29,7 @@ class ImageFolderDataModule(ImageDataModule):
       - `one_class` (MVTec AD, anomalib's Folder): `root/train/good/` (normal images only),
         `root/test/good/` and `root/test/<defect>/` for any number of defects, optionally `root/val/` like
         test. Training and validation (held out of train/good unless `root/val/` exists) see normal images;
-        every batch carries `is_anomaly` (not in `good`), so `test` reports AUROC, AUPR and F1 at the
+        every batch carries `gt_anomaly` (not in `good`), so `test` reports AUROC, AUPR and F1 at the
         threshold from validation. Picked by `auto` when `root/train/` holds only `good/`.
 
     Files ending in .png, .jpg, .jpeg, .bmp or .webp (any case) are images, searched in subfolders too;
@@ -210,9 +210,9 @@ class ImageFolderDataModule(ImageDataModule):
         datasets: dict[Split, ImageTensorDataset] = {}
         for split in ("train", "val", "test"):
             rows, labels, paths = items[split]
-            is_anomaly = labels != 0 if one_class else None
+            gt_anomaly = labels != 0 if one_class else None
             datasets[split] = ImageTensorDataset(
-                decoded.images, labels, self.value_range, is_anomaly=is_anomaly, rows=rows, paths=paths
+                decoded.images, labels, self.value_range, gt_anomaly=gt_anomaly, rows=rows, paths=paths
             )
         if self.predict_root is not None:
             files = self._predict_files()

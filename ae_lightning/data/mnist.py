@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torchvision.datasets
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
@@ -50,7 +50,7 @@ class MNISTDataModule(ImageDataModule):
         normal_classes: the one-class anomaly protocol: train and validate on these classes only (the
             train/val split of `val_size` is made first, then filtered, so about val_size x
             len(normal_classes) / 10 images validate), and test and predict on the whole test set. Every
-            batch then carries `is_anomaly` = the label is not a normal class; the models log `test/auroc`,
+            batch then carries `gt_anomaly` = the label is not a normal class; the models log `test/auroc`,
             `test/aupr` and `test/f1` from it. None (default): all classes, no anomalies.
     """
 
@@ -139,6 +139,10 @@ class MNISTDataModule(ImageDataModule):
             f"Put {', '.join(missing)} in that folder (or point --data.data_dir at the folder that holds "
             f"{self.dataset_class.__name__}/raw/), then run again."
         )
+
+    def export_description(self) -> dict[str, Any]:
+        """As the base's, and whether the images were binarised (an export then thresholds its pixels)."""
+        return {**super().export_description(), "binarize": self.hparams.binarize}
 
     def describe(self) -> str:
         return str(self.hparams.dataset)

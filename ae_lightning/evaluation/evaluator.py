@@ -15,7 +15,7 @@ class Evaluator(nn.Module):
     """The one-class threshold and metrics, reconstruction quality, the test NLL and a model's own
     validation statistics, over whole sets and all devices (torchmetrics states).
 
-    - One-class (batches with `is_anomaly`): each validation pass sets `threshold` to the `anomaly_quantile`
+    - One-class (batches with `gt_anomaly`): each validation pass sets `threshold` to the `anomaly_quantile`
       of the anomaly scores of the (normal) validation images, so about (1 - q) of normal data is flagged;
       test reports `auroc`, `aupr` and, with a threshold, `f1` of `score > threshold`.
     - Reconstruction at test: `mse` (per pixel), `psnr` (dB, from the MSE of the whole set) and `ssim`
@@ -47,8 +47,8 @@ class Evaluator(nn.Module):
     @torch.no_grad()
     def validation_batch(self, model: Autoencoder, batch: Batch) -> None:
         """Collects the scores of normal images (one-class data) and the model's statistics."""
-        if batch.is_anomaly is not None:
-            self.val_scores.update(model.anomaly_score(batch).float(), keep=~batch.is_anomaly.bool())
+        if batch.gt_anomaly is not None:
+            self.val_scores.update(model.anomaly_score(batch).float(), keep=~batch.gt_anomaly.bool())
         for name, value in model.evaluation_inputs(batch).items():
             self.statistics[name].update(value)
 
@@ -71,7 +71,7 @@ class Evaluator(nn.Module):
     @torch.no_grad()
     def test_batch(self, model: Autoencoder, batch: Batch) -> None:
         """Updates the test metrics with a batch (measured over the whole set by `test_end`)."""
-        x = batch.images.float()
+        x = batch.inputs.float()
         reconstruction = model.reconstruct(batch).float()
         self.mse.update(reconstruction, x)
         self.psnr.update(reconstruction, x)
@@ -79,8 +79,8 @@ class Evaluator(nn.Module):
             self.ssim.update(reconstruction, x)
         if isinstance(model, LogLikelihood) and model.reports_likelihood():
             self.nll.update(model.negative_log_likelihood(batch, model.nll_samples))
-        if batch.is_anomaly is not None:
-            self.one_class.update(model.anomaly_score(batch).float(), batch.is_anomaly)
+        if batch.gt_anomaly is not None:
+            self.one_class.update(model.anomaly_score(batch).float(), batch.gt_anomaly)
 
     def test_end(self) -> dict[str, Tensor | float]:
         """What test measured over the whole set (every device's share), by name; resets it. Read at the end

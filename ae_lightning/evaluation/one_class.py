@@ -73,10 +73,10 @@ class OneClassMetrics(Metric):
         #: the decision threshold of `f1` (None: no F1)
         self.threshold: float | None = None
 
-    def update(self, scores: Tensor, is_anomaly: Tensor) -> None:
-        """`scores` (B,), higher = more anomalous; `is_anomaly` (B,) the targets."""
+    def update(self, scores: Tensor, gt_anomaly: Tensor) -> None:
+        """`scores` (B,), higher = more anomalous; `gt_anomaly` (B,) the targets."""
         self.scores.append(scores.detach().double().flatten())
-        self.targets.append(is_anomaly.flatten().long())
+        self.targets.append(gt_anomaly.flatten().long())
 
     def compute(self) -> dict[str, Tensor]:
         """`auroc`, `aupr` and, with a threshold, `f1`."""

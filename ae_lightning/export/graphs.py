@@ -1,5 +1,6 @@
 """What an export holds: the encoder, the decoder and the scorer of a torch model, each a module of tensors
-only (no Batch, no training code), ready to be traced into ONNX or TorchScript."""
+only (no Batch, no training code), ready to be traced into ONNX or TorchScript. The encoder and the scorer of
+an image model take uint8 pixels and scale them inside the graph, with the function the datamodules use."""
 
 from dataclasses import dataclass
 
@@ -8,45 +9,68 @@ from torch import Tensor, nn
 
 from ae_lightning.autoencoders import Autoencoder, Conditional
 from ae_lightning.batch import Batch
+from ae_lightning.value_range import scale_pixels
 
 
 class _Part(nn.Module):
-    """A view of the model for one exported graph. A conditional model takes `labels` (B,) int64 too."""
+    """A view of the model for one exported graph. A conditional model takes `labels` (B,) int64 too.
 
-    def __init__(self, model: Autoencoder) -> None:
+    `takes_pixels`: the graph takes uint8 pixels (images) and scales them to the model's value range itself,
+    thresholding them at 127 where the model was trained on binarised data (`binarized`); vectors are taken
+    as they are, floats in the value range.
+    """
+
+    def __init__(self, model: Autoencoder, binarized: bool = False) -> None:
         super().__init__()
         self.model = model
         self.conditional = isinstance(model, Conditional)
+        self.takes_pixels = len(model.image_shape) == 3
+        self.binarized = binarized
 
-    def inputs(self, first: Tensor, labels: Tensor | None) -> tuple[Tensor, ...]:
+    def model_inputs(self, inputs: Tensor) -> Tensor:
+        """What the model reads, from what the graph takes."""
+        if not self.takes_pixels:
+            return inputs
+        scaled = scale_pixels(inputs, self.model.value_range, "threshold" if self.binarized else None)
+        return scaled.to(self.model.dtype)
+
+    def with_labels(self, first: Tensor, labels: Tensor | None) -> tuple[Tensor, ...]:
         return (first, labels) if self.conditional else (first,)
 
 
 class EncoderGraph(_Part):
-    """images (B, *input_shape) [, labels (B,)] -> code (B, latent_dim); for a VAE the posterior mean."""
+    """inputs (B, *input_shape) [, labels (B,)] -> latent (B, latent_dim); for a VAE the posterior mean."""
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
-        return self.model.code(*self.inputs(images, labels))
+    def forward(self, inputs: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.model.code(*self.with_labels(self.model_inputs(inputs), labels))
 
 
 class DecoderGraph(_Part):
-    """code (B, latent_dim) [, labels (B,)] -> reconstruction (B, *input_shape), the output mean."""
+    """latent (B, latent_dim) [, labels (B,)] -> reconstruction (B, *input_shape), the output mean."""
 
-    def forward(self, code: Tensor, labels: Tensor | None = None) -> Tensor:
-        return self.model.decode(*self.inputs(code, labels))
+    def forward(self, latent: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.model.decode(*self.with_labels(latent, labels))
 
 
 class ScorerGraph(_Part):
-    """images [, labels] -> (anomaly score (B,), is_anomaly (B,) bool: score > threshold). Without a
+    """inputs [, labels] -> (anomaly_score (B,), pred_anomaly (B,) bool: score > threshold). Without a
     threshold the decision is all False and `model.json` says so."""
 
-    def __init__(self, model: Autoencoder, threshold: float | None) -> None:
-        super().__init__(model)
+    def __init__(self, model: Autoencoder, threshold: float | None, binarized: bool = False) -> None:
+        super().__init__(model, binarized)
         self.register_buffer("threshold", torch.tensor(float("inf") if threshold is None else threshold))
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        score = self.model.anomaly_score(Batch(images, labels)).float()
+    def forward(self, inputs: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        score = self.model.anomaly_score(Batch(self.model_inputs(inputs), labels)).float()
         return score, score > self.threshold
+
+
+#: the names of each graph's inputs (before a conditional model's `labels`) and outputs
+NAMES = {
+    "encoder": (["inputs"], ["latent"]),
+    "decoder": (["latent"], ["reconstruction"]),
+    "scorer": (["inputs"], ["anomaly_score", "pred_anomaly"]),
+}
 
 
 @dataclass
@@ -59,24 +83,28 @@ class Graph:
     output_names: list[str]
 
 
-def graphs(model: Autoencoder, threshold: float | None, batch: int = 2) -> dict[str, Graph]:
+def graphs(
+    model: Autoencoder, threshold: float | None, batch: int = 2, binarized: bool = False
+) -> dict[str, Graph]:
     """The encoder, decoder and scorer of `model` (in eval mode), with example inputs of `batch` items."""
     model.eval()
-    images = torch.zeros(batch, *model.image_shape, dtype=model.dtype, device=model.device)
-    code = torch.zeros(batch, model.latent_dim, dtype=model.dtype, device=model.device)
+    if len(model.image_shape) == 3:
+        inputs = torch.zeros(batch, *model.image_shape, dtype=torch.uint8, device=model.device)
+    else:
+        inputs = torch.zeros(batch, *model.image_shape, dtype=model.dtype, device=model.device)
+    latent = torch.zeros(batch, model.latent_dim, dtype=model.dtype, device=model.device)
     labels = (
         (torch.zeros(batch, dtype=torch.int64, device=model.device),)
         if isinstance(model, Conditional)
         else ()
     )
     label_names = ["labels"] if labels else []
+    modules = {
+        "encoder": (EncoderGraph(model, binarized), inputs),
+        "decoder": (DecoderGraph(model), latent),
+        "scorer": (ScorerGraph(model, threshold, binarized), inputs),
+    }
     return {
-        "encoder": Graph(EncoderGraph(model), (images, *labels), ["images", *label_names], ["code"]),
-        "decoder": Graph(DecoderGraph(model), (code, *labels), ["code", *label_names], ["reconstruction"]),
-        "scorer": Graph(
-            ScorerGraph(model, threshold),
-            (images, *labels),
-            ["images", *label_names],
-            ["score", "is_anomaly"],
-        ),
+        name: Graph(module, (first, *labels), [*NAMES[name][0], *label_names], NAMES[name][1])
+        for name, (module, first) in modules.items()
     }

@@ -18,8 +18,9 @@ NPY_SUFFIX = ".npy"
 class ExportedModel:
     """The folder `cli.py export` wrote: `model.json` and the encoder, decoder and scorer graphs.
 
-    `run(part, *arrays)` runs one graph on numpy inputs (float32 images in the value range, int64 labels
-    for a conditional model) and gives its outputs as numpy arrays.
+    `run(part, *arrays)` runs one graph on numpy inputs (what `model_input` makes of uint8 pixels, or float
+    vectors; int64 labels for a conditional model) and gives its outputs as numpy arrays. Folders written
+    before model.json version 2, whose graphs take floats in the value range, are run as they were.
     """
 
     def __init__(self, folder: str | Path) -> None:
@@ -40,8 +41,11 @@ class ExportedModel:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.spec["input"]["shape"])
 
-    def to_model_input(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 pixels (B, *input_shape) -> float32 in the model's value range."""
+    def model_input(self, pixels: np.ndarray) -> np.ndarray:
+        """What the encoder and scorer take, from uint8 pixels (B, *input_shape): the pixels themselves (the
+        graphs scale them); for an export of version 1, floats in the value range, scaled here."""
+        if self.spec.get("version", 1) >= 2:
+            return pixels
         low, high = self.spec["input"]["value_range"]
         return (pixels.astype(np.float32) / 255 * (high - low) + low).astype(np.float32)
 

@@ -3,8 +3,8 @@
     python cli.py score --model exported/ --input images/ --output scores.csv
     python cli.py score --model exported/ --input data/MNIST/raw/t10k-images-idx3-ubyte --output scores.csv
 
-Writes one CSV row per image: `path` (folders) or `index` (IDX and NPY files), `score`, `is_anomaly`
-(score > the checkpoint's threshold; empty when the checkpoint had none).
+Writes one CSV row per image: `path` (folders) or `index` (IDX and NPY files), `anomaly_score`,
+`pred_anomaly` (anomaly_score > the checkpoint's threshold; empty when the checkpoint had none).
 """
 
 import argparse
@@ -32,15 +32,15 @@ def score(model_dir: Path, source: Path, output: Path, batch_size: int = 256) ->
     names_are_paths = source.is_dir()
     with tqdm(desc=f"Scoring {source}", unit="img", disable=None) as bar:
         for names, pixels in read_inputs(source, model, batch_size):
-            scores, is_anomaly = model.run("scorer", model.to_model_input(pixels))
+            scores, pred_anomaly = model.run("scorer", model.model_input(pixels))
             for name, value, flag in zip(
-                names, scores.tolist(), np.asarray(is_anomaly).tolist(), strict=True
+                names, scores.tolist(), np.asarray(pred_anomaly).tolist(), strict=True
             ):
                 rows.append([name, value, flag if has_threshold else ""])
             bar.update(len(names))
     with atomic_write(output, "w") as file:
         writer = csv.writer(file)
-        writer.writerow(["path" if names_are_paths else "index", "score", "is_anomaly"])
+        writer.writerow(["path" if names_are_paths else "index", "anomaly_score", "pred_anomaly"])
         writer.writerows(rows)
     return len(rows)
 

@@ -52,7 +52,10 @@ class AutoencoderTrainer(Trainer):
             "checkpoint": {"path": str(ckpt_path), "sha256": _sha256(Path(ckpt_path))},
             "data": _data_description(datamodule),
         }
-        written = export_model(model.model, format, output, model.anomaly_threshold, extra, overwrite)
+        binarized = bool(extra["data"].get("binarize"))
+        written = export_model(
+            model.model, format, output, model.anomaly_threshold, extra, overwrite, binarized
+        )
         rank_zero_info(f"Exported the encoder, decoder and scorer ({format}) of {ckpt_path} to {written}")
         return written
 

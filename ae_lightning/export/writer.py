@@ -15,13 +15,15 @@ import torch
 
 from ae_lightning.autoencoders import Autoencoder, Conditional
 from ae_lightning.errors import ConfigError
-from ae_lightning.export.graphs import Graph, graphs
+from ae_lightning.export.graphs import NAMES, Graph, graphs
 from ae_lightning.files import write_error
 
 Format = Literal["onnx", "torchscript"]
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
-#: the version of model.json's layout
-MODEL_JSON_VERSION = 1
+#: the version of model.json's layout: 2 = the image graphs take uint8 pixels and scale them themselves, and
+#: the inputs and outputs are named `inputs`, `latent`, `reconstruction`, `anomaly_score`, `pred_anomaly`
+#: (1: float inputs in the value range, named `images`, `code`, `score`, `is_anomaly`)
+MODEL_JSON_VERSION = 2
 
 
 def require_onnx() -> None:
@@ -37,29 +39,43 @@ def require_onnx() -> None:
         ) from None
 
 
-def describe(model: Autoencoder, threshold: float | None, files: dict[str, str]) -> dict[str, Any]:
+def describe(
+    model: Autoencoder, threshold: float | None, files: dict[str, str], binarized: bool = False
+) -> dict[str, Any]:
     """What a consumer needs to run the graphs, for model.json (the caller adds the data and checkpoint)."""
     low, high = model.value_range
+    pixels = len(model.image_shape) == 3
+    linear = f"* {high - low:g} {'-' if low < 0 else '+'} {abs(low):g}"
+    scaling = f"x = pixel / 255 {linear}"
+    if binarized:  # trained on binarised images
+        scaling = f"b = 1 if pixel > 127 else 0, x = b {linear}"
+    labels = ["labels"] if isinstance(model, Conditional) else []
     return {
         "version": MODEL_JSON_VERSION,
         "variant": type(model).__name__,
         "files": files,
         "input": {
+            "name": "inputs",
             "shape": list(model.image_shape),
-            "channels": model.image_shape[0] if len(model.image_shape) == 3 else None,
-            "dtype": "float32",
+            "channels": model.image_shape[0] if pixels else None,
+            "dtype": "uint8" if pixels else "float32",
             "value_range": [low, high],
-            "from_uint8": f"x = pixel / 255 * {high - low:g} {'-' if low < 0 else '+'} {abs(low):g}",
-            "layout": "NCHW" if len(model.image_shape) == 3 else "ND",
+            "scaling": f"inside the graph: {scaling}" if pixels else "none: floats in value_range",
+            "binarized": binarized,
+            "layout": "NCHW" if pixels else "ND",
         },
         "latent_dim": model.latent_dim,
         "conditional": isinstance(model, Conditional),
         "num_classes": model.num_classes if isinstance(model, Conditional) else None,
         "threshold": threshold,
+        "graphs": {
+            name: {"inputs": [*inputs, *labels], "outputs": outputs}
+            for name, (inputs, outputs) in NAMES.items()
+        },
         "outputs": {
-            "encoder": "code (B, latent_dim): for a VAE the posterior mean",
+            "encoder": "latent (B, latent_dim): for a VAE the posterior mean",
             "decoder": "reconstruction (B, *shape) in value_range: the output mean",
-            "scorer": "score (B,): the anomaly score (higher: more anomalous); is_anomaly (B,): score > "
+            "scorer": "anomaly_score (B,): higher is more anomalous; pred_anomaly (B,): anomaly_score > "
             "threshold"
             + ("" if threshold is not None else " (no threshold in the checkpoint: always false)"),
         },
@@ -73,10 +89,12 @@ def export_model(
     threshold: float | None = None,
     extra: dict[str, Any] | None = None,
     overwrite: bool = False,
+    binarized: bool = False,
 ) -> Path:
     """Writes `encoder`, `decoder` and `scorer` of `model` (a float32 CPU copy, in eval mode) in `format`,
     each with a dynamic batch dimension, and `model.json` (`describe` plus `extra`) into the folder `output`.
-    An existing `output` is refused unless `overwrite`; the folder is written beside it and renamed."""
+    `binarized`: the model was trained on binarised images (the graphs threshold the pixels). An existing
+    `output` is refused unless `overwrite`; the folder is written beside it and renamed."""
     if format not in SUFFIXES:
         raise ConfigError(f"--format must be one of {list(SUFFIXES)}, got {format!r}")
     if format == "onnx":
@@ -89,10 +107,10 @@ def export_model(
     try:
         temp.mkdir(parents=True)
         files = {}
-        for name, graph in graphs(model, threshold).items():
+        for name, graph in graphs(model, threshold, binarized=binarized).items():
             files[name] = f"{name}{SUFFIXES[format]}"
             (to_onnx if format == "onnx" else to_torchscript)(graph, temp / files[name])
-        description = {**describe(model, threshold, files), "format": format, **(extra or {})}
+        description = {**describe(model, threshold, files, binarized), "format": format, **(extra or {})}
         (temp / "model.json").write_text(json.dumps(description, indent=2) + "\n")
         if output.exists():
             shutil.rmtree(output)

@@ -35,7 +35,7 @@ class AutoencoderModule(CheckpointState, LightningModule):
         anomaly_quantile: the one-class threshold rule: with anomaly targets in the data (the datamodule's
             `normal_classes`), every validation pass sets the threshold to this quantile of the anomaly
             scores of the (normal) validation images, so about (1 - q) of normal data is flagged; it is saved
-            in the checkpoint, used by `test` for `test/f1` and by `predict` for the `is_anomaly` flag.
+            in the checkpoint, used by `test` for `test/f1` and by `predict` for the `pred_anomaly` flag.
         **model_args: the arguments of the variant's torch model (`ae_lightning.autoencoders`).
     """
 
@@ -205,14 +205,14 @@ class AutoencoderModule(CheckpointState, LightningModule):
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Latent code, anomaly score, dataset index, label (when the batch has one) and, when the module
-        holds an anomaly threshold, the flag `is_anomaly` = score > threshold, of every image."""
+        holds an anomaly threshold, the decision `pred_anomaly` = score > threshold, of every item."""
         prediction = {"latent": self.model.latent(batch), "anomaly_score": self.model.anomaly_score(batch)}
         if batch.index is not None:
             prediction["index"] = batch.index
         if batch.labels is not None:
-            prediction["label"] = batch.labels
+            prediction["labels"] = batch.labels
         if self.anomaly_threshold is not None:
-            prediction["is_anomaly"] = prediction["anomaly_score"] > self.anomaly_threshold
+            prediction["pred_anomaly"] = prediction["anomaly_score"] > self.anomaly_threshold
         return prediction
 
     @property
