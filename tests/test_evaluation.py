@@ -537,3 +537,38 @@ def test_evaluator_reports_a_models_own_statistics_and_the_nll_where_it_applies(
     gaussian_evaluator = Evaluator(gaussian)
     gaussian_evaluator.test_batch(gaussian, batch)
     assert "nll" not in gaussian_evaluator.test_end()
+
+
+def test_a_metric_of_one_class_is_added_by_one_line_of_the_command(data_dir: Path, in_tmp: Path) -> None:
+    """docs/architecture.md's recipe: a class naming what it reads, listed on the command line (or in the
+    config), is measured at test beside the defaults, over the whole set."""
+    metric = '--model.metrics+={"class_path": "tests.metrics.WorstReconstruction"}'
+    fitted = main(["fit", "--config", AE, *tiny(data_dir), metric])
+    names = [type(m).__name__ for m in fitted.model.evaluator.metrics]
+    assert names == ["Reconstruction", "OneClass", "WorstReconstruction"]
+    tested = main(["test", "--config", AE, *tiny(data_dir), metric, "--ckpt_path=last"])
+    model = tested.model.model.eval()
+    test = tested.datamodule.datasets["test"]
+    with torch.no_grad():
+        batch = test[torch.arange(len(test))]
+        worst = (model.reconstruct(batch) - batch.inputs).square().flatten(1).mean(1).max()
+    assert tested.trainer.callback_metrics["test/worst_mse"].item() == pytest.approx(worst.item(), rel=1e-5)
+    assert "test/mse" in tested.trainer.callback_metrics  # the defaults still there
+
+
+def test_the_default_metrics_follow_the_models_capabilities() -> None:
+    from ae_lightning.autoencoders import AE as TorchAE
+    from ae_lightning.autoencoders import VQVAE as TorchVQVAE
+    from ae_lightning.evaluation import default_metrics
+
+    def names(model) -> list[str]:
+        return [type(metric).__name__ for metric in default_metrics(model)]
+
+    assert names(TorchAE(latent_dim=4, hidden_dims=[16])) == ["Reconstruction", "OneClass"]
+    bernoulli = VAE(latent_dim=3, hidden_dims=[16], likelihood="bernoulli")
+    assert names(bernoulli) == ["Reconstruction", "NegativeLogLikelihood", "OneClass", "ActiveUnits"]
+    assert names(VAE(latent_dim=3, hidden_dims=[16])) == ["Reconstruction", "OneClass", "ActiveUnits"]
+    assert names(TorchVQVAE(latent_dim=8, code_dim=4, hidden_dims=[16])) == ["Reconstruction", "OneClass",
+                                                                            "CodeUsage"]  # fmt: skip
+    spiral = TorchAE(latent_dim=1, hidden_dims=[8], image_shape=(3,), value_range=(-1, 1))
+    assert default_metrics(spiral)[0].ssim is None  # no SSIM of vectors

@@ -10,8 +10,9 @@ from ae_lightning.autoencoders import IWAE, VAE, VQVAE, ConditionalVAE, Contract
 from ae_lightning.autoencoders.vae import gaussian_kl
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
-from ae_lightning.metrics import ActiveUnits, CodeUsage, usage_statistics
+from ae_lightning.evaluation.statistics import ActiveUnitCount, CodeCounts
 from ae_lightning.nets import VectorQuantizer
+from ae_lightning.nets.quantizer import usage_statistics
 from tests.test_autoencoders import fixed_batch, make
 
 # --- SparseAE ---
@@ -122,7 +123,7 @@ def test_kl_per_unit_adds_up_to_the_kl() -> None:
 
 
 def test_active_units_count_the_units_whose_posterior_mean_varies() -> None:
-    metric = ActiveUnits(latent_dim=4)
+    metric = ActiveUnitCount(latent_dim=4)
     generator = torch.Generator().manual_seed(0)
     means = torch.randn(600, 4, generator=generator) * torch.tensor([1.0, 0.2, 0.05, 0.0])
     for chunk in means.split(128):  # batch by batch, as validation does
@@ -334,7 +335,7 @@ def test_usage_statistics_perplexity_and_fraction_used() -> None:
     stats = usage_statistics(torch.tensor([5.0, 5.0, 5.0, 5.0, 0.0, 0.0, 0.0, 0.0]))
     assert stats["perplexity"].item() == pytest.approx(4.0)  # 4 codes used equally often
     assert stats["codes_used"].item() == pytest.approx(0.5)
-    metric = CodeUsage(codebook_size=8)
+    metric = CodeCounts(codebook_size=8)
     metric.update(torch.tensor([[0, 1], [0, 1]]))
     metric.update(torch.tensor([[0, 0]]))
     stats = metric.compute()  # p = (4/6, 2/6)

@@ -8,7 +8,15 @@ from ae_lightning.autoencoders.base import AE, Autoencoder
 from ae_lightning.autoencoders.contractive import ContractiveAE
 from ae_lightning.autoencoders.cvae import ConditionalVAE
 from ae_lightning.autoencoders.dae import DenoisingAE
-from ae_lightning.autoencoders.interface import Conditional, Denoising, Generative, LogLikelihood
+from ae_lightning.autoencoders.interface import (
+    Conditional,
+    Denoising,
+    DiscreteCode,
+    GaussianPosterior,
+    Generative,
+    LogLikelihood,
+    Reconstructs,
+)
 from ae_lightning.autoencoders.iwae import IWAE
 from ae_lightning.autoencoders.sparse import SparseAE
 from ae_lightning.autoencoders.vae import VAE
@@ -25,7 +33,10 @@ __all__ = [
     "ContractiveAE",
     "Denoising",
     "DenoisingAE",
+    "DiscreteCode",
+    "GaussianPosterior",
     "Generative",
     "LogLikelihood",
+    "Reconstructs",
     "SparseAE",
 ]

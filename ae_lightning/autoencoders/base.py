@@ -7,8 +7,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric
 
+from ae_lightning.autoencoders.interface import Reconstructs
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
 from ae_lightning.nets import DEFAULT_HIDDEN_DIMS, Backbone, build_decoder, build_encoder
@@ -17,7 +17,7 @@ from ae_lightning.value_range import check_value_range
 Likelihood = Literal["gaussian", "bernoulli"]
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(nn.Module, Reconstructs):
     """An autoencoder in plain PyTorch that owns its objective: the plain (undercomplete) one, and the base
     of every variant, which overrides what is its own (`loss_terms`, `code`, ...).
 
@@ -156,14 +156,6 @@ class Autoencoder(nn.Module):
 
     def training_metrics(self) -> dict[str, Tensor | float]:
         """Numbers describing the model after a training step (e.g. a weight that follows the step)."""
-        return {}
-
-    def evaluation_metrics(self) -> dict[str, Metric]:
-        """Statistics over a whole validation set, by name; each is updated with `evaluation_inputs`."""
-        return {}
-
-    def evaluation_inputs(self, batch: Batch) -> dict[str, Tensor]:
-        """What each of `evaluation_metrics` is updated with for one batch, by the same names."""
         return {}
 
     def start_evaluation(self) -> None:

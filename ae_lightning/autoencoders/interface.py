@@ -5,12 +5,46 @@ LogLikelihood)`); callbacks and metrics ask `isinstance(model, Generative)`, nev
 """
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
+
+
+class Reconstructs(ABC):
+    """A model with a decoder: it reconstructs its inputs. Reconstruction metrics, the sample grid's
+    reconstruction rows and the exported decoder ask for it (a model without a decoder skips them)."""
+
+    @abstractmethod
+    def decode(self, z: Tensor) -> Tensor:
+        """Codes (B, latent_dim) -> the output mean, (B, *input_shape)."""
+
+    @abstractmethod
+    def reconstruct(self, batch: Batch) -> Tensor:
+        """The reconstruction of each input, (B, *input_shape)."""
+
+
+class GaussianPosterior(ABC):
+    """A model whose encoder gives a diagonal Gaussian posterior q(z | x); its `latent` is the posterior
+    mean. The active-units statistic reads it."""
+
+    @abstractmethod
+    def posterior(self, batch: Batch) -> tuple[Tensor, Tensor, Any]:
+        """(mu, logvar) of q(z | x), each (B, latent_dim), and the raw decoder of codes of these inputs."""
+
+
+class DiscreteCode(ABC):
+    """A model whose code is a choice among `codebook_size` entries (vector quantisation). The code-usage
+    statistic reads it."""
+
+    codebook_size: int
+
+    @abstractmethod
+    def codes(self, x: Tensor) -> Tensor:
+        """The chosen entry of each code vector of each input, (B, vectors per input) int64."""
 
 
 class Generative(ABC):

@@ -7,13 +7,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from ae_lightning.autoencoders.base import Autoencoder
-from ae_lightning.autoencoders.interface import Generative, LogLikelihood
+from ae_lightning.autoencoders.interface import GaussianPosterior, Generative, LogLikelihood
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
-from ae_lightning.metrics import ActiveUnits
 
 #: the decoder outputs one importance-sampling chunk may hold (float32: 64 MB), so that k = 1000 samples of a
 #: batch are decoded a part at a time and memory stays bounded whatever k
@@ -62,7 +60,7 @@ def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
     return mu + (0.5 * logvar).exp() * torch.randn_like(mu)
 
 
-class VAE(Autoencoder, Generative, LogLikelihood):
+class VAE(Autoencoder, GaussianPosterior, Generative, LogLikelihood):
     """Variational autoencoder, with a weight beta on the KL term and an optional linear warm-up of it.
 
     The encoder gives (mu, logvar) of a diagonal Gaussian posterior, a reparameterised sample is decoded, and
@@ -195,9 +193,3 @@ class VAE(Autoencoder, Generative, LogLikelihood):
 
     def training_metrics(self) -> dict[str, Tensor | float]:
         return {"kl_weight": self.kl_weight()}
-
-    def evaluation_metrics(self) -> dict[str, Metric]:
-        return {"active_units": ActiveUnits(self.latent_dim)}
-
-    def evaluation_inputs(self, batch: Batch) -> dict[str, Tensor]:
-        return {"active_units": self.latent(batch)}

@@ -3,16 +3,15 @@
 from typing import Any
 
 from torch import Tensor
-from torchmetrics import Metric
 
 from ae_lightning.autoencoders.base import Autoencoder
+from ae_lightning.autoencoders.interface import DiscreteCode
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
-from ae_lightning.metrics import CodeUsage, usage_statistics
-from ae_lightning.nets.quantizer import Quantized, VectorQuantizer
+from ae_lightning.nets.quantizer import Quantized, VectorQuantizer, usage_statistics
 
 
-class VQVAE(Autoencoder):
+class VQVAE(Autoencoder, DiscreteCode):
     """Autoencoder with a discrete code: the encoder's `latent_dim` outputs are cut into
     latent_dim / code_dim vectors, each replaced by its nearest codebook entry before decoding.
 
@@ -99,9 +98,3 @@ class VQVAE(Autoencoder):
     def training_metrics(self) -> dict[str, Tensor | float]:
         # the counts of the last step, already summed over processes by the quantizer
         return usage_statistics(self.quantizer.last_counts)
-
-    def evaluation_metrics(self) -> dict[str, Metric]:
-        return {"code_usage": CodeUsage(self.codebook_size)}
-
-    def evaluation_inputs(self, batch: Batch) -> dict[str, Tensor]:
-        return {"code_usage": self.codes(batch.inputs)}

@@ -6,7 +6,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 
-from ae_lightning.autoencoders import Autoencoder, Denoising, Generative
+from ae_lightning.autoencoders import Autoencoder, Denoising, Generative, Reconstructs
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
 from ae_lightning.value_range import to_unit_interval
@@ -76,8 +76,11 @@ class SampleGrid:
         return stack_blocks([to_unit_interval(grid, model.value_range) for grid in grids])
 
     def _rows_per_image(self, model: Autoencoder, fixed: Batch) -> list[Tensor]:
-        """What the grid shows of each fixed image, one row each."""
+        """What the grid shows of each fixed image, one row each (the images alone for a model without a
+        decoder)."""
         batch = fixed.to(model.device, model.dtype)
+        if not isinstance(model, Reconstructs):
+            return [fixed.inputs]
         rows = [fixed.inputs, model.reconstruct(batch).float().cpu()]
         if isinstance(model, Denoising):
             generator = torch.Generator(device=model.device).manual_seed(self.sample_seed)

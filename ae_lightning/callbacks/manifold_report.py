@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from torchvision.utils import save_image
 
-from ae_lightning.autoencoders import Autoencoder
+from ae_lightning.autoencoders import Autoencoder, Reconstructs
 from ae_lightning.batch import Batch
 from ae_lightning.callbacks.gather import Collected
 from ae_lightning.callbacks.images import autoencoder_of, log_image
@@ -100,9 +100,9 @@ class ManifoldReport(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if batch.coordinates is None:
-            return
         model = autoencoder_of(pl_module)
+        if batch.coordinates is None or not isinstance(model, Reconstructs):
+            return
         parts = {
             "inputs": batch.inputs,
             "codes": model.latent(batch),
@@ -116,7 +116,10 @@ class ManifoldReport(Callback):
         data = self._collected.gather(trainer)
         folder = Path(run_folder(trainer))  # collective: every rank calls it
         if not isinstance(datamodule, KnownManifold) or not data:
-            rank_zero_warn("ManifoldReport: the test data lie on no known manifold; nothing to report")
+            rank_zero_warn(
+                "ManifoldReport: no test data on a known manifold, or a model without a decoder; nothing to "
+                "report"
+            )
             return
         manifold = datamodule.manifold
         metrics = projection_quality(data["codes"], data["coordinates"])

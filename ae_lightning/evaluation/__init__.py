@@ -1,6 +1,27 @@
-"""Evaluation components: one-class metrics, reconstruction quality, feature quality."""
+"""Everything measured: the Evaluator and its metrics (reconstruction, NLL, one-class, the statistics of a
+code), the linear probe and k-NN of the features, the projection quality of a code."""
 
 from ae_lightning.evaluation.evaluator import Evaluator
+from ae_lightning.evaluation.metric import EvaluationMetric
 from ae_lightning.evaluation.one_class import OneClassMetrics, ScoreQuantile
+from ae_lightning.evaluation.statistics import (
+    ActiveUnits,
+    CodeUsage,
+    NegativeLogLikelihood,
+    OneClass,
+    Reconstruction,
+    default_metrics,
+)
 
-__all__ = ["Evaluator", "OneClassMetrics", "ScoreQuantile"]
+__all__ = [
+    "ActiveUnits",
+    "CodeUsage",
+    "EvaluationMetric",
+    "Evaluator",
+    "NegativeLogLikelihood",
+    "OneClass",
+    "OneClassMetrics",
+    "Reconstruction",
+    "ScoreQuantile",
+    "default_metrics",
+]

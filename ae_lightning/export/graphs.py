@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ae_lightning.autoencoders import Autoencoder, Conditional
+from ae_lightning.autoencoders import Autoencoder, Conditional, Reconstructs
 from ae_lightning.batch import Batch
 from ae_lightning.value_range import scale_pixels
 
@@ -86,7 +86,8 @@ class Graph:
 def graphs(
     model: Autoencoder, threshold: float | None, batch: int = 2, binarized: bool = False
 ) -> dict[str, Graph]:
-    """The encoder, decoder and scorer of `model` (in eval mode), with example inputs of `batch` items."""
+    """The encoder, decoder (for a model that reconstructs) and scorer of `model` (in eval mode), with example
+    inputs of `batch` items."""
     model.eval()
     if len(model.image_shape) == 3:
         inputs = torch.zeros(batch, *model.image_shape, dtype=torch.uint8, device=model.device)
@@ -104,6 +105,8 @@ def graphs(
         "decoder": (DecoderGraph(model), latent),
         "scorer": (ScorerGraph(model, threshold, binarized), inputs),
     }
+    if not isinstance(model, Reconstructs):  # nothing to decode with
+        del modules["decoder"]
     return {
         name: Graph(module, (first, *labels), [*NAMES[name][0], *label_names], NAMES[name][1])
         for name, (module, first) in modules.items()

@@ -71,6 +71,7 @@ def describe(
         "graphs": {
             name: {"inputs": [*inputs, *labels], "outputs": outputs}
             for name, (inputs, outputs) in NAMES.items()
+            if name in files
         },
         "outputs": {
             "encoder": "latent (B, latent_dim): for a VAE the posterior mean",

@@ -12,7 +12,7 @@ from ae_lightning import multistep
 from ae_lightning.autoencoders import Autoencoder, Conditional
 from ae_lightning.batch import Batch
 from ae_lightning.data.contract import AutoencoderDataModule
-from ae_lightning.evaluation import Evaluator
+from ae_lightning.evaluation import EvaluationMetric, Evaluator
 from ae_lightning.evaluation.one_class import DEFAULT_ANOMALY_QUANTILE
 from ae_lightning.models.checkpointing import CheckpointState
 
@@ -36,6 +36,9 @@ class AutoencoderModule(CheckpointState, LightningModule):
             `normal_classes`), every validation pass sets the threshold to this quantile of the anomaly
             scores of the (normal) validation images, so about (1 - q) of normal data is flagged; it is saved
             in the checkpoint, used by `test` for `test/f1` and by `predict` for the `pred_anomaly` flag.
+        metrics: further metrics (`ae_lightning.evaluation.EvaluationMetric`) for validation and test,
+            besides those the model's capabilities bring (`evaluation.default_metrics`): one class each,
+            listed in the config (`--model.metrics+=...`); not saved in checkpoints.
         **model_args: the arguments of the variant's torch model (`ae_lightning.autoencoders`).
     """
 
@@ -45,6 +48,7 @@ class AutoencoderModule(CheckpointState, LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         steps_per_call: int = 1,
         anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE,
+        metrics: list[EvaluationMetric] | None = None,
         **model_args: Any,
     ) -> None:
         super().__init__()
@@ -53,12 +57,13 @@ class AutoencoderModule(CheckpointState, LightningModule):
         # saved as lists, the form YAML and the datamodule's hparams hold (Lightning requires equal values);
         # save_hyperparameters reads `model_args` from this frame
         model_args.update(image_shape=list(self.model.image_shape), value_range=list(self.model.value_range))
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", *self.model.evaluation_arguments])
+        ignored = ["optimizer", "lr_scheduler", "metrics", *self.model.evaluation_arguments]
+        self.save_hyperparameters(ignore=ignored)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         # K steps per call are taken by the module itself (Lightning's "manual optimization")
         self.automatic_optimization = steps_per_call == 1
-        self.evaluator = Evaluator(self.model, anomaly_quantile)
+        self.evaluator = Evaluator(self.model, anomaly_quantile, metrics or ())
         example = torch.zeros(2, *self.model.image_shape)
         # lets the model summary show input and output sizes
         conditional = isinstance(self.model, Conditional)

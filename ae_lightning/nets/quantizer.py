@@ -25,6 +25,13 @@ class Quantized(NamedTuple):
     codebook: Tensor  # (N,): ||sg(z) - e||^2, pulls the code towards the encoder (0 gradient with EMA)
 
 
+def usage_statistics(counts: Tensor) -> dict[str, Tensor]:
+    """Perplexity exp(H(p)) of the code distribution p = counts / sum, and the fraction of codes used."""
+    probs = counts.double() / counts.sum().clamp(min=1)
+    entropy = -(probs * probs.clamp(min=1e-12).log()).sum()
+    return {"perplexity": entropy.exp().float(), "codes_used": (counts > 0).double().mean().float()}
+
+
 def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
