@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
@@ -169,3 +170,11 @@ class WandbLogger(LightningWandbLogger):
         if self._experiment is not None:
             self._experiment.finish()
             self._experiment = None
+
+
+def finish_runs(trainer: Trainer) -> None:
+    """Ends the tracked run of every W&B logger of `trainer`, so its files are complete and the next command
+    in this process starts a run of its own instead of logging into this one."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.finish()

@@ -492,3 +492,29 @@ def test_the_real_commands_print_no_tips_and_no_dirpath_warnings(data_dir: Path,
         outputs.append(result.stdout + result.stderr)
     for output in outputs:
         assert "litlogger" not in output and "dirpath has changed" not in output, output[-3000:]
+
+
+def test_the_console_script_is_cli_py_and_help_lists_score(data_dir: Path, in_tmp: Path) -> None:
+    """`ae-lightning` (pyproject's console script) behaves as `python cli.py`: the same help, naming `score`
+    too, and the same commands (a fit, and a score that needs no Lightning)."""
+    import shutil
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "ae-lightning"
+    assert script.is_file() or shutil.which("ae-lightning"), "pip install -e . makes the console script"
+    script = script if script.is_file() else Path(shutil.which("ae-lightning"))
+
+    def help_of(command: list[str]) -> str:
+        done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    by_script, by_file = help_of([str(script)]), help_of([sys.executable, str(REPO / "cli.py")])
+    assert by_script.replace("ae-lightning", "cli.py") == by_file
+    assert "score: anomaly scores of images" in by_file and "{fit,validate,test,predict,export}" in by_file
+    assert "--model MODEL --input INPUT" in help_of([str(script), "score"])
+    fitted = subprocess.run([str(script), "fit", "--config", str(CONFIGS / "ae.yaml"), *tiny(data_dir)],
+                            capture_output=True, text=True, timeout=300, cwd=in_tmp)  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr[-2000:]
+    assert (run_folder(in_tmp, "ae") / "checkpoints" / "last.ckpt").is_file()

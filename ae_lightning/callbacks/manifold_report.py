@@ -16,12 +16,12 @@ from ae_lightning.autoencoders import Autoencoder, Reconstructs
 from ae_lightning.batch import Batch
 from ae_lightning.callbacks.gather import Collected
 from ae_lightning.callbacks.images import autoencoder_of, log_image
-from ae_lightning.callbacks.run_config import run_folder
 from ae_lightning.callbacks.test_pictures import to_tensor
 from ae_lightning.data.contract import KnownManifold
 from ae_lightning.data.manifold import Manifold
 from ae_lightning.evaluation.projection import projection_quality
 from ae_lightning.files import atomic_write
+from ae_lightning.runs import run_folder
 
 #: anchors of the colour scale of the true coordinate (matplotlib's viridis, low to high)
 _SCALE = torch.tensor([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]]) / 255

@@ -12,10 +12,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
 from ae_lightning.callbacks.gather import gather_shares
-from ae_lightning.callbacks.run_config import run_folder
 from ae_lightning.data.contract import AutoencoderDataModule
 from ae_lightning.errors import ConfigError
 from ae_lightning.files import atomic_write
+from ae_lightning.runs import run_folder
 
 Format = Literal["pt", "csv", "npz"]
 FORMATS: tuple[str, ...] = ("pt", "csv", "npz")

@@ -6,28 +6,10 @@ import lightning.pytorch as pl
 import yaml
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ae_lightning.errors import ConfigError
 from ae_lightning.files import atomic_write
-
-
-def run_folder(trainer: "pl.Trainer") -> str:
-    """The folder of this run, the one ModelCheckpoint puts `checkpoints/` in: `save_dir/name/version`.
-
-    For TensorBoard and CSV loggers that is their `log_dir`; for others (W&B) Lightning's `trainer.log_dir`
-    is the logger's `save_dir`, shared by every run, so a second run would find the first one's config
-    there. Call on every rank (the folder is rank zero's).
-    """
-    if not trainer.loggers:
-        folder = trainer.default_root_dir
-    elif isinstance(trainer.loggers[0], (TensorBoardLogger, CSVLogger)):
-        folder = trainer.loggers[0].log_dir
-    else:
-        logger = trainer.loggers[0]
-        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-        folder = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
-    return trainer.strategy.broadcast(folder)
+from ae_lightning.runs import run_folder
 
 
 class SaveRunConfig(SaveConfigCallback):

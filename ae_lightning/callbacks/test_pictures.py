@@ -17,9 +17,9 @@ from ae_lightning.batch import Batch
 from ae_lightning.callbacks.gather import Collected
 from ae_lightning.callbacks.grid import stack_blocks
 from ae_lightning.callbacks.images import autoencoder_of, log_image
-from ae_lightning.callbacks.run_config import run_folder
 from ae_lightning.errors import ConfigError
 from ae_lightning.files import atomic_write
+from ae_lightning.runs import run_folder
 from ae_lightning.value_range import to_unit_interval
 
 #: colours of classes 0..9 (matplotlib's tab10), and of normal / anomalous scores

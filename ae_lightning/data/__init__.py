@@ -4,8 +4,7 @@ The names are imported when first used, so that the parts without Lightning (ima
 `cli.py score` reads images with them and needs no Lightning.
 """
 
-from importlib import import_module
-from typing import Any
+from ae_lightning.lazy import lazy_exports
 
 #: exported name -> the module defining it
 _MODULES = {
@@ -19,14 +18,4 @@ _MODULES = {
     "PointDataset": "ae_lightning.data.manifold",
 }
 
-__all__ = sorted(_MODULES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_MODULES[name]), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _MODULES)

@@ -1,15 +1,19 @@
-"""The `<save_dir>/<name>/version_<n>/` folders of runs: finding the newest run, and taking the next version
-for a new run atomically, so that two commands started at once never share a folder."""
+"""Where a run's files go, defined once: the `<save_dir>/<name>/version_<n>/` folder of a run (the one
+checkpoints, config.yaml, pictures and predictions go to), the newest run of a config, and taking the next
+version for a new run atomically, so that two commands started at once never share a folder."""
 
+import os
 import re
 import shutil
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 from jsonargparse import Namespace
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ae_lightning.parser import import_class
+from ae_lightning.cli.parser import import_class
 
 _VERSION = re.compile(r"version_(\d+)")
 
@@ -81,3 +85,25 @@ class NewRunFolder:
 def _has_version_folders(class_path: str) -> bool:
     cls = import_class(class_path)
     return isinstance(cls, type) and issubclass(cls, (TensorBoardLogger, CSVLogger))
+
+
+def logger_folder(logger: Any, default_root_dir: str) -> str:
+    """The folder of a run of `logger`, where ModelCheckpoint puts `checkpoints/`: `save_dir/name/version`.
+
+    For TensorBoard and CSV loggers that is their `log_dir`; for others (W&B) Lightning's `trainer.log_dir`
+    is the logger's `save_dir`, shared by every run, so a second run would find the first one's config
+    there. Without a logger, `default_root_dir`.
+    """
+    if logger is None:
+        return default_root_dir
+    if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+        return logger.log_dir
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return os.path.join(logger.save_dir or default_root_dir, str(logger.name), version)
+
+
+def run_folder(trainer: "pl.Trainer") -> str:
+    """The folder of this run (`logger_folder` of the first logger), rank zero's on every rank: a
+    collective, call it on every rank."""
+    logger = trainer.loggers[0] if trainer.loggers else None
+    return trainer.strategy.broadcast(logger_folder(logger, trainer.default_root_dir))
