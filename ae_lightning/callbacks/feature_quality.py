@@ -5,7 +5,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_debug
 from torch import Tensor
 
 from ae_lightning.batch import Batch
@@ -27,8 +27,8 @@ class FeatureQuality(Callback):
     images) and a classifier fitted after the whole test set is encoded; it works for every model, since it
     uses only `latent` (which reads the labels a conditional VAE needs from the batch). The training latents
     are encoded on every process (a pass of the encoder only), the test latents gathered from all processes,
-    so the numbers are those of the whole sets; they are skipped, with a warning, when the data has no labels
-    or the training split holds a single class (the one-class protocol).
+    so the numbers are those of the whole sets. Where it does not apply it does nothing (the base config lists
+    it for every run): data without labels, or the one-class protocol (the training split holds one class).
 
     Args:
         knn_k: neighbours of the k-NN vote.
@@ -74,7 +74,7 @@ class FeatureQuality(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if batch.labels is None:
+        if batch.labels is None or batch.gt_anomaly is not None:  # nothing to classify
             return
         latent = autoencoder_of(pl_module).latent(batch)
         self._latents.append(to_host(latent.float().flatten(1)))
@@ -86,12 +86,12 @@ class FeatureQuality(Callback):
         parts = [part for part in gather_shares(trainer, local) if part is not None]
         self._latents, self._labels = [], []
         if not parts:
-            rank_zero_warn("FeatureQuality: the test batches carry no labels; no linear probe or k-NN")
+            rank_zero_debug("FeatureQuality: no labelled test data of several classes; nothing to do")
             return
         test_z, test_y = torch.cat([z for z, _ in parts]), torch.cat([y for _, y in parts])
         train_z, train_y = self.training_latents(trainer, pl_module)
         if train_y.unique().numel() < 2:  # one-class protocol: nothing to classify
-            rank_zero_info("FeatureQuality: the training split holds one class; no linear probe or k-NN")
+            rank_zero_debug("FeatureQuality: the training split holds one class; nothing to do")
             return
         probe = linear_probe_accuracy(
             train_z, train_y, test_z, test_y, self.probe_steps, self.probe_weight_decay

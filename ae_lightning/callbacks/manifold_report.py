@@ -7,7 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_debug, rank_zero_info
 from PIL import Image, ImageDraw
 from torch import Tensor
 from torchvision.utils import save_image
@@ -116,10 +116,8 @@ class ManifoldReport(Callback):
         data = self._collected.gather(trainer)
         folder = Path(run_folder(trainer))  # collective: every rank calls it
         if not isinstance(datamodule, KnownManifold) or not data:
-            rank_zero_warn(
-                "ManifoldReport: no test data on a known manifold, or a model without a decoder; nothing to "
-                "report"
-            )
+            # the base config lists it for every run: elsewhere it does nothing
+            rank_zero_debug("ManifoldReport: no test data on a known manifold, or no decoder; nothing to do")
             return
         manifold = datamodule.manifold
         metrics = projection_quality(data["codes"], data["coordinates"])
