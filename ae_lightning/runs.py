@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 from jsonargparse import Namespace
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ae_lightning.cli.parser import import_class
+from ae_lightning.lazy import import_object
 
 _VERSION = re.compile(r"version_(\d+)")
 
@@ -83,7 +83,7 @@ class NewRunFolder:
 
 
 def _has_version_folders(class_path: str) -> bool:
-    cls = import_class(class_path)
+    cls = import_object(class_path)
     return isinstance(cls, type) and issubclass(cls, (TensorBoardLogger, CSVLogger))
 
 

@@ -14,7 +14,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 import ae_lightning.data
 import ae_lightning.models
 from ae_lightning.callbacks import NonFiniteLossCheck, StepWatchdog
-from ae_lightning.cli.entry import SCORE_HELP
 from ae_lightning.cli.parser import ArgumentParser
 from ae_lightning.cli.resume import Checked, resolve_checkpoint
 from ae_lightning.cli.setup import equip_trainer, prepare_fit, prepare_predict
@@ -24,6 +23,13 @@ from ae_lightning.errors import ConfigError
 from ae_lightning.models import AutoencoderModule
 from ae_lightning.multistep import link_steps_per_call
 from ae_lightning.runs import NewRunFolder
+
+#: what `score` is, for the top-level help (not a LightningCLI subcommand: it needs no config, and runs
+#: without Lightning, `entry.run`)
+SCORE_HELP = (
+    "score: anomaly scores of images (a folder, an IDX or a NPY file) from an exported model, without "
+    "Lightning (`score --help`)"
+)
 
 
 @dataclass

@@ -4,12 +4,6 @@ model without Lightning; every other command is LightningCLI's."""
 import sys
 from collections.abc import Sequence
 
-#: what `score` is, for the top-level help (it is not a LightningCLI subcommand: it needs no config)
-SCORE_HELP = (
-    "score: anomaly scores of images (a folder, an IDX or a NPY file) from an exported model, without "
-    "Lightning (`score --help`)"
-)
-
 
 def run(argv: Sequence[str] | None = None) -> None:
     """Runs the command in `argv` (default: the process's arguments)."""

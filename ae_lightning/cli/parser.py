@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
 
+from ae_lightning.lazy import import_object
+
 #: lines of jsonargparse's report that only frame the problem
 _FRAME = re.compile(
     r"^(- )?(Does not validate against any of the Union subtypes|Subtypes: .*|Errors:|Given value type: .*|"
@@ -166,7 +168,7 @@ def _closest_option(option: str, parser: ArgumentParser) -> str:
 
 def _arguments_of(class_path: str) -> list[str]:
     """The keyword arguments of the class at `class_path` (empty when it cannot be imported)."""
-    cls = import_class(class_path)
+    cls = import_object(class_path)
     return _init_arguments(cls) if isinstance(cls, type) else []
 
 
@@ -204,15 +206,6 @@ def _classes_in(module_name: str) -> list[str]:
         for name, value in vars(module).items()
         if inspect.isclass(value) and not name.startswith("_")
     ]
-
-
-def import_class(class_path: str) -> Any:
-    """The object at a dotted import path, or None when there is none."""
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), name, None)
-    except (ImportError, ValueError):
-        return None
 
 
 def _readable(kind: str) -> str:

@@ -1,7 +1,6 @@
 """The shared LightningModule: holds a torch autoencoder, its optimizer and scheduler, and runs the steps."""
 
 from functools import partial
-from importlib import import_module
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from ae_lightning.batch import Batch
 from ae_lightning.data.contract import AutoencoderDataModule
 from ae_lightning.evaluation import EvaluationMetric, Evaluator
 from ae_lightning.evaluation.one_class import DEFAULT_ANOMALY_QUANTILE
+from ae_lightning.lazy import import_object
 from ae_lightning.models.checkpointing import CheckpointState
 
 #: the optimizer of every model unless its config says otherwise: Adam, lr 1e-3, fused (torch's one-kernel
@@ -29,8 +29,7 @@ def optimizer_callable(optimizer: OptimizerCallable | Namespace) -> OptimizerCal
     default gets `DEFAULT_OPTIMIZER`'s class and arguments."""
     if not isinstance(optimizer, Namespace):
         return optimizer
-    module, _, name = optimizer.class_path.rpartition(".")
-    return partial(getattr(import_module(module), name), **dict(optimizer.get("init_args") or {}))
+    return partial(import_object(optimizer.class_path), **dict(optimizer.get("init_args") or {}))
 
 
 class AutoencoderModule(CheckpointState, LightningModule):
