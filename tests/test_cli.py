@@ -495,6 +495,7 @@ def test_the_real_commands_print_no_tips_and_no_dirpath_warnings(data_dir: Path,
         assert "litlogger" not in output and "dirpath has changed" not in output, output[-3000:]
 
 
+@pytest.mark.slow
 def test_the_console_script_is_cli_py_and_help_lists_score(data_dir: Path, in_tmp: Path) -> None:
     """`ae-lightning` (pyproject's console script) behaves as `python cli.py`: the same help, naming `score`
     too, and the same commands (a fit, and a score that needs no Lightning)."""

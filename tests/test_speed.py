@@ -294,7 +294,7 @@ def test_the_sync_counter_sees_every_kind_of_wait(monkeypatch: pytest.MonkeyPatc
     assert all(entry.endswith(f"test_speed.py:{entry.split(':')[-1]}") for entry in syncs.found)
 
 
-@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("k", [1, pytest.param(4, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("config", [path.stem for path in sorted(CONFIGS.glob("*.yaml"))])
 def test_every_config_trains_and_evaluates_without_waiting_for_the_device(
     config: str, k: int, data_dir: Path, in_tmp: Path, monkeypatch: pytest.MonkeyPatch
