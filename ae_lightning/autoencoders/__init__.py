@@ -8,6 +8,9 @@ from ae_lightning.autoencoders.base import AE, Autoencoder
 from ae_lightning.autoencoders.contractive import ContractiveAE
 from ae_lightning.autoencoders.cvae import ConditionalVAE
 from ae_lightning.autoencoders.dae import DenoisingAE
+from ae_lightning.autoencoders.disentangled import BetaTCVAE, DisentangledBetaVAE
+from ae_lightning.autoencoders.flow_vae import IAFVAE, PlanarFlowVAE
+from ae_lightning.autoencoders.hvae import HVAE
 from ae_lightning.autoencoders.interface import (
     Conditional,
     Denoising,
@@ -15,28 +18,48 @@ from ae_lightning.autoencoders.interface import (
     GaussianPosterior,
     Generative,
     LogLikelihood,
+    ReadsDatasetSize,
     Reconstructs,
 )
-from ae_lightning.autoencoders.iwae import IWAE
+from ae_lightning.autoencoders.iwae import CIWAE, IWAE, MIWAE
+from ae_lightning.autoencoders.msssim_vae import MSSSIMVAE
+from ae_lightning.autoencoders.rae import RAE
 from ae_lightning.autoencoders.sparse import SparseAE
+from ae_lightning.autoencoders.svae import SVAE
 from ae_lightning.autoencoders.vae import VAE
+from ae_lightning.autoencoders.vamp import VampVAE
 from ae_lightning.autoencoders.vqvae import VQVAE
+from ae_lightning.autoencoders.wae import WAE, InfoVAE
 
 __all__ = [
     "AE",
+    "CIWAE",
+    "HVAE",
+    "IAFVAE",
     "IWAE",
+    "MIWAE",
+    "MSSSIMVAE",
+    "RAE",
+    "SVAE",
     "VAE",
     "VQVAE",
+    "WAE",
     "Autoencoder",
+    "BetaTCVAE",
     "Conditional",
     "ConditionalVAE",
     "ContractiveAE",
     "Denoising",
     "DenoisingAE",
     "DiscreteCode",
+    "DisentangledBetaVAE",
     "GaussianPosterior",
     "Generative",
+    "InfoVAE",
     "LogLikelihood",
+    "PlanarFlowVAE",
+    "ReadsDatasetSize",
     "Reconstructs",
     "SparseAE",
+    "VampVAE",
 ]

@@ -85,6 +85,24 @@ class Conditional(ABC):
             )
 
 
+class ReadsDatasetSize(ABC):
+    """A model whose objective reads N, the number of training images (an estimator over the whole data set
+    from one batch, such as beta-TC-VAE's): unless its argument sets it, training takes it from the data
+    before the first step."""
+
+    #: N (None: not known yet)
+    dataset_size: int | None
+
+    def known_dataset_size(self) -> int:
+        """N, or a one-line error saying how to give it."""
+        if self.dataset_size is None:
+            raise ConfigError(
+                f"{type(self).__name__} needs the number of training images: pass dataset_size, or train "
+                "through cli.py or a Trainer with a datamodule, which set it from the data"
+            )
+        return self.dataset_size
+
+
 class LogLikelihood(ABC):
     """A model that estimates -log p(x) of each image."""
 

@@ -60,6 +60,21 @@ def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
     return mu + (0.5 * logvar).exp() * torch.randn_like(mu)
 
 
+def check_elbo_arguments(beta: float, kl_warmup_steps: int, nll_samples: int) -> None:
+    """Refuses, in one line, a negative KL weight, warm-up or number of NLL samples."""
+    if nll_samples < 0:
+        raise ConfigError(f"nll_samples must be >= 0 (0 turns test/nll off), got {nll_samples}")
+    if beta < 0:
+        raise ConfigError(f"beta must be >= 0 (the weight of the KL term), got {beta}")
+    if kl_warmup_steps < 0:
+        raise ConfigError(f"kl_warmup_steps must be >= 0 (0 turns the warm-up off), got {kl_warmup_steps}")
+
+
+def warmed_up(weight: float, warmup_steps: int, step: int) -> float:
+    """`weight` at training step `step` of a linear warm-up over `warmup_steps` (0: none)."""
+    return weight if warmup_steps == 0 else weight * min(1.0, step / warmup_steps)
+
+
 class VAE(Autoencoder, GaussianPosterior, Generative, LogLikelihood):
     """Variational autoencoder, with a weight beta on the KL term and an optional linear warm-up of it.
 
@@ -85,14 +100,7 @@ class VAE(Autoencoder, GaussianPosterior, Generative, LogLikelihood):
         self, beta: float = 1.0, kl_warmup_steps: int = 0, nll_samples: int = 1000, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        if nll_samples < 0:
-            raise ConfigError(f"nll_samples must be >= 0 (0 turns test/nll off), got {nll_samples}")
-        if beta < 0:
-            raise ConfigError(f"beta must be >= 0 (the weight of the KL term), got {beta}")
-        if kl_warmup_steps < 0:
-            raise ConfigError(
-                f"kl_warmup_steps must be >= 0 (0 turns the warm-up off), got {kl_warmup_steps}"
-            )
+        check_elbo_arguments(beta, kl_warmup_steps, nll_samples)
         self.beta = beta
         self.kl_warmup_steps = kl_warmup_steps
         self.nll_samples = nll_samples
@@ -113,9 +121,7 @@ class VAE(Autoencoder, GaussianPosterior, Generative, LogLikelihood):
 
     def kl_weight(self) -> float:
         """The KL weight at training step `step`: beta * min(1, step / kl_warmup_steps)."""
-        if self.kl_warmup_steps == 0:
-            return self.beta
-        return self.beta * min(1.0, self.step / self.kl_warmup_steps)
+        return warmed_up(self.beta, self.kl_warmup_steps, self.step)
 
     def posterior(self, batch: Batch) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
         """(mu, logvar) of q(z | x), each (B, D), and the raw decoder of codes of these images (for codes of
@@ -123,18 +129,39 @@ class VAE(Autoencoder, GaussianPosterior, Generative, LogLikelihood):
         mu, logvar = self.encode(batch.inputs)
         return mu, logvar, self.decoder
 
-    def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
-        mu, logvar, decode_raw = self.posterior(batch)
-        recon = self.reconstruction_loss(decode_raw(reparameterize(mu, logvar)), batch.inputs)
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log p(z) of codes (..., D) -> (...), in float32: here the N(0, I) prior."""
+        return gaussian_log_density(z.float()).sum(-1)
+
+    def kl_divergence(self, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
+        """KL(q(z | x) || p(z)) of each image at the posterior draws z (..., B, D) -> (..., B), in float32:
+        here exact (a Gaussian posterior and prior), the same for every draw; a model with another prior
+        estimates it on the draws."""
+        return gaussian_kl(mu, logvar).expand(z.shape[:-1])
+
+    def kl_terms(self, mu: Tensor, logvar: Tensor, z: Tensor) -> dict[str, Tensor]:
+        """`kl` of each image at the draw z (B, D), and in evaluation the KL of each latent unit
+        (`kl_dim/<i>`, exact for the factorised N(0, I) prior), each (B,)."""
         kl_per_unit = gaussian_kl_per_unit(mu, logvar)
-        kl = kl_per_unit.sum(1)
-        # the warm-up schedules training only: evaluation always weighs the KL by beta, so val/loss compares
-        # across epochs and picks checkpoints on the objective itself
-        weight = self.kl_weight() if self.training else self.beta
-        terms = {"loss": recon + weight * kl, "recon": recon, "kl": kl}
+        terms = {"kl": kl_per_unit.sum(1)}
         if not self.training:
             terms.update({f"kl_dim/{unit}": kl_per_unit[:, unit] for unit in range(self.latent_dim)})
         return terms
+
+    def posterior_draw(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """mu and logvar of q(z | x), one reparameterised draw z (each (B, D)) and the reconstruction term
+        at it (B,): where every one-draw objective starts."""
+        mu, logvar, decode_raw = self.posterior(batch)
+        z = reparameterize(mu, logvar)
+        return mu, logvar, z, self.reconstruction_loss(decode_raw(z), batch.inputs)
+
+    def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
+        mu, logvar, z, recon = self.posterior_draw(batch)
+        kl_terms = self.kl_terms(mu, logvar, z)
+        # the warm-up schedules training only: evaluation always weighs the KL by beta, so val/loss compares
+        # across epochs and picks checkpoints on the objective itself
+        weight = self.kl_weight() if self.training else self.beta
+        return {"loss": recon + weight * kl_terms["kl"], "recon": recon, **kl_terms}
 
     def log_weights(
         self, batch: Batch, num_samples: int, chunk_size: int | None = None
@@ -154,7 +181,7 @@ class VAE(Autoencoder, GaussianPosterior, Generative, LogLikelihood):
             decoder_output = decode_raw(z.flatten(0, 1))  # (count * B, C, H, W)
             targets = x.repeat(count, *[1] * (x.ndim - 1))  # (count * B, ...) as the outputs
             recon = self.reconstruction_loss(decoder_output, targets).view(count, -1)
-            log_prior = gaussian_log_density(z.float()).sum(-1)
+            log_prior = self.log_prior(z)
             log_posterior = gaussian_log_density(z.float(), mu.float(), logvar.float()).sum(-1)
             log_weights.append(-recon + log_prior - log_posterior)
             recons.append(recon)
@@ -179,8 +206,8 @@ class VAE(Autoencoder, GaussianPosterior, Generative, LogLikelihood):
         eps = self.score_noise if num_samples == SCORE_SAMPLES else score_noise(num_samples, self.latent_dim)
         z = mu + (0.5 * logvar).exp() * eps.to(mu.device, mu.dtype)[:, None]  # (S, B, D)
         targets = batch.inputs.repeat(num_samples, *[1] * (batch.inputs.ndim - 1))
-        recon = self.reconstruction_loss(decode_raw(z.flatten(0, 1)), targets).view(num_samples, -1).mean(0)
-        return recon + gaussian_kl(mu, logvar)
+        recon = self.reconstruction_loss(decode_raw(z.flatten(0, 1)), targets).view(num_samples, -1)
+        return (recon + self.kl_divergence(mu, logvar, z)).mean(0)
 
     def prior_noise(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """`num_samples` draws of the N(0, I) prior, (num_samples, latent_dim), on the model's device;

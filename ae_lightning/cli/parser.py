@@ -127,6 +127,10 @@ def _unknown_class(message: str, key: str, parser: ArgumentParser) -> tuple[str,
     hint = _closest(given, choices, by_name=True)
     if not hint and missing_module:
         hint = f" (there is no module {missing_module[1]})"
+    modules = {choice.rpartition(".")[0] for choice in choices}
+    if choices and len(modules) == 1:  # one module's classes (the models): their names, after the module's
+        names = ", ".join(choice.rpartition(".")[2] for choice in choices)
+        return f"--{key}: no class {given}{hint}", f"--{key} takes a class of {modules.pop()}: {names}"
     if choices and len(choices) <= 12:
         return f"--{key}: no class {given}{hint}", f"--{key} takes one of {', '.join(choices)}"
     return f"--{key}: no class {given}{hint}", "give the full import path of the class (package.module.Class)"

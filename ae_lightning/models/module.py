@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from ae_lightning import multistep
-from ae_lightning.autoencoders import Autoencoder, Conditional
+from ae_lightning.autoencoders import Autoencoder, Conditional, ReadsDatasetSize
 from ae_lightning.batch import Batch
 from ae_lightning.data.contract import AutoencoderDataModule
 from ae_lightning.evaluation import EvaluationMetric, Evaluator
@@ -90,12 +90,17 @@ class AutoencoderModule(CheckpointState, LightningModule):
         self.gradient_clipping: tuple[float, str] | None = None
 
     def setup(self, stage: str) -> None:
-        """A conditional model checks the range of the data's labels once, here, rather than in every step."""
+        """A conditional model checks the range of the data's labels once, here, rather than in every step; a
+        model that reads the training set's size and was not given one takes it from the data."""
         datamodule = self.trainer.datamodule
-        if isinstance(self.model, Conditional) and isinstance(datamodule, AutoencoderDataModule):
+        if not isinstance(datamodule, AutoencoderDataModule):
+            return
+        if isinstance(self.model, Conditional):
             label_range = datamodule.label_range()
             if label_range is not None:
                 self.model.check_labels(*label_range)
+        if isinstance(self.model, ReadsDatasetSize) and self.model.dataset_size is None:
+            self.model.dataset_size = datamodule.split_size("train")
 
     def build_autoencoder(self, **model_args: Any) -> Autoencoder:
         """The variant's torch model, built from the config's arguments."""

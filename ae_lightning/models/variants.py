@@ -63,3 +63,97 @@ class VQVAE(AutoencoderModule):
 
     def build_autoencoder(self, **model_args: Any) -> autoencoders.VQVAE:
         return autoencoders.VQVAE(**model_args)
+
+
+class WAE(AutoencoderModule):
+    """The Wasserstein autoencoder with the MMD penalty (`autoencoders.WAE`; pythae's WAE_MMD)."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.WAE:
+        return autoencoders.WAE(**model_args)
+
+
+class InfoVAE(AutoencoderModule):
+    """InfoVAE with the MMD divergence (`autoencoders.InfoVAE`; pythae's INFOVAE_MMD)."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.InfoVAE:
+        return autoencoders.InfoVAE(**model_args)
+
+
+class RAE(AutoencoderModule):
+    """The regularised autoencoder, L2 or gradient penalty (`autoencoders.RAE`; pythae's RAE_L2, RAE_GP)."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.RAE:
+        return autoencoders.RAE(**model_args)
+
+
+class DisentangledBetaVAE(AutoencoderModule):
+    """The beta-VAE with a rising capacity (`autoencoders.DisentangledBetaVAE`): logs `train/capacity`."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.DisentangledBetaVAE:
+        return autoencoders.DisentangledBetaVAE(**model_args)
+
+
+class BetaTCVAE(AutoencoderModule):
+    """The beta-TC-VAE (`autoencoders.BetaTCVAE`): logs the three parts of the KL."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.BetaTCVAE:
+        return autoencoders.BetaTCVAE(**model_args)
+
+
+class MSSSIMVAE(AutoencoderModule):
+    """The VAE with an MS-SSIM reconstruction term (`autoencoders.MSSSIMVAE`)."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.MSSSIMVAE:
+        return autoencoders.MSSSIMVAE(**model_args)
+
+
+class VampVAE(AutoencoderModule):
+    """The VAE with a VampPrior (`autoencoders.VampVAE`; pythae's VAMP)."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.VampVAE:
+        return autoencoders.VampVAE(**model_args)
+
+
+class MIWAE(AutoencoderModule):
+    """The multiply importance-weighted autoencoder (`autoencoders.MIWAE`)."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.MIWAE:
+        return autoencoders.MIWAE(**model_args)
+
+
+class CIWAE(AutoencoderModule):
+    """The combination of the ELBO and the IWAE bound (`autoencoders.CIWAE`)."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.CIWAE:
+        return autoencoders.CIWAE(**model_args)
+
+
+class HVAE(AutoencoderModule):
+    """The Hamiltonian VAE (`autoencoders.HVAE`): logs `train/leapfrog_step_size` and `train/beta_zero`."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.HVAE:
+        return autoencoders.HVAE(**model_args)
+
+
+class PlanarFlowVAE(AutoencoderModule):
+    """The VAE with planar or radial flows on its posterior (`autoencoders.PlanarFlowVAE`; pythae's
+    VAE_LinNF): logs `log_det`."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.PlanarFlowVAE:
+        return autoencoders.PlanarFlowVAE(**model_args)
+
+
+class IAFVAE(AutoencoderModule):
+    """The VAE with inverse autoregressive flows on its posterior (`autoencoders.IAFVAE`; pythae's
+    VAE_IAF): logs `log_det`."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.IAFVAE:
+        return autoencoders.IAFVAE(**model_args)
+
+
+class SVAE(AutoencoderModule):
+    """The hyperspherical VAE (`autoencoders.SVAE`): von Mises-Fisher posterior, uniform prior; logs
+    `kappa`."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.SVAE:
+        return autoencoders.SVAE(**model_args)
