@@ -10,6 +10,7 @@ from ae_lightning.autoencoders.cvae import ConditionalVAE
 from ae_lightning.autoencoders.dae import DenoisingAE
 from ae_lightning.autoencoders.disentangled import BetaTCVAE, DisentangledBetaVAE
 from ae_lightning.autoencoders.flow_vae import IAFVAE, PlanarFlowVAE
+from ae_lightning.autoencoders.hrqvae import HRQVAE
 from ae_lightning.autoencoders.hvae import HVAE
 from ae_lightning.autoencoders.interface import (
     Conditional,
@@ -23,7 +24,9 @@ from ae_lightning.autoencoders.interface import (
 )
 from ae_lightning.autoencoders.iwae import CIWAE, IWAE, MIWAE
 from ae_lightning.autoencoders.msssim_vae import MSSSIMVAE
+from ae_lightning.autoencoders.poincare_vae import PoincareVAE
 from ae_lightning.autoencoders.rae import RAE
+from ae_lightning.autoencoders.rhvae import RHVAE
 from ae_lightning.autoencoders.sparse import SparseAE
 from ae_lightning.autoencoders.svae import SVAE
 from ae_lightning.autoencoders.vae import VAE
@@ -34,12 +37,14 @@ from ae_lightning.autoencoders.wae import WAE, InfoVAE
 __all__ = [
     "AE",
     "CIWAE",
+    "HRQVAE",
     "HVAE",
     "IAFVAE",
     "IWAE",
     "MIWAE",
     "MSSSIMVAE",
     "RAE",
+    "RHVAE",
     "SVAE",
     "VAE",
     "VQVAE",
@@ -58,6 +63,7 @@ __all__ = [
     "InfoVAE",
     "LogLikelihood",
     "PlanarFlowVAE",
+    "PoincareVAE",
     "ReadsDatasetSize",
     "Reconstructs",
     "SparseAE",

@@ -219,6 +219,13 @@ class AutoencoderModule(CheckpointState, LightningModule):
     def on_test_epoch_start(self) -> None:
         self.model.start_evaluation()
 
+    def on_test_start(self) -> None:
+        """The metrics take what the data offers (its feature network, for the samples' FID), moved to this
+        device here, before the first batch, rather than in one."""
+        datamodule = self.trainer.datamodule
+        network = datamodule.feature_network() if isinstance(datamodule, AutoencoderDataModule) else None
+        self.evaluator.prepare(network, self.device)
+
     def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self._step(batch, "test")
         self.evaluator.test_batch(self.model, batch)

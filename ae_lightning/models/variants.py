@@ -157,3 +157,26 @@ class SVAE(AutoencoderModule):
 
     def build_autoencoder(self, **model_args: Any) -> autoencoders.SVAE:
         return autoencoders.SVAE(**model_args)
+
+
+class HRQVAE(AutoencoderModule):
+    """Hierarchical residual quantisation (`autoencoders.HRQVAE`): validation logs `perplexity` and
+    `codes_used` over every level's entries."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.HRQVAE:
+        return autoencoders.HRQVAE(**model_args)
+
+
+class PoincareVAE(AutoencoderModule):
+    """The Poincaré-ball VAE (`autoencoders.PoincareVAE`; pythae's PoincareVAE): wrapped or Riemannian normal
+    posterior and prior on a hyperbolic latent space."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.PoincareVAE:
+        return autoencoders.PoincareVAE(**model_args)
+
+
+class RHVAE(AutoencoderModule):
+    """The Riemannian Hamiltonian VAE (`autoencoders.RHVAE`): a learnt metric, generalised leapfrog steps."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.RHVAE:
+        return autoencoders.RHVAE(**model_args)
