@@ -78,7 +78,11 @@ def train_steps(module: "AutoencoderModule", batches: list[Batch]) -> Tensor:
             sums[name] = sums.get(name, 0) + per_image.detach().sum()
         count += len(batch)
     means = {f"train/{name}": total / count for name, total in sums.items()}
-    means |= {f"train/{name}": torch.as_tensor(value) for name, value in model.training_metrics().items()}
+    # a number made a tensor where the loss is (a fill, not a copy from the host, which waits for a GPU)
+    means |= {
+        f"train/{name}": value if isinstance(value, Tensor) else torch.full((), value, device=module.device)
+        for name, value in model.training_metrics().items()
+    }
     for name, mean in means.items():
         # callbacks (a checkpoint monitoring train/loss) see every call's means; the loggers get them by
         # optimizer step, below; the progress bar gets the returned loss

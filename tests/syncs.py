@@ -79,7 +79,17 @@ class _Dispatch(TorchDispatchMode):
             self.syncs.record(f"{name} with a boolean mask")
         elif name == "aten::_to_copy" and str(kwargs.get("device", "")) == "cpu":
             self.syncs.record("a copy to the CPU")
+        elif name == "aten::lift_fresh" and _called_by_this_project():
+            self.syncs.record("a tensor made of host data")  # torch.tensor / as_tensor: on a GPU, a copy
         return func(*args, **kwargs)
+
+
+def _called_by_this_project() -> bool:
+    """Whether the op was called from this project's code directly (not through Lightning or torchmetrics,
+    whose numbers made into tensors stay on the CPU where they are made)."""
+    frames = [frame for frame in traceback.extract_stack() if not frame.filename.endswith("syncs.py")]
+    outside_torch = [frame for frame in frames if "/torch/" not in frame.filename]
+    return bool(outside_torch) and "/lib/python" not in outside_torch[-1].filename
 
 
 def _has_mask(args: tuple) -> bool:

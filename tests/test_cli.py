@@ -62,6 +62,12 @@ def test_config_fits_then_tests_and_predicts_from_its_checkpoint(
     tested = main(["test", "--config", config, *tiny(data_dir), "--ckpt_path", str(ckpts[-1])])
     metrics = tested.trainer.callback_metrics
     assert {"test/loss", "test/recon"} <= set(metrics)
+    if generative:  # the samples' FID, precision and recall, one sample per test image
+        assert (
+            metrics["test/fid"] >= 0
+            and 0 <= metrics["test/precision"] <= 1
+            and 0 <= metrics["test/recall"] <= 1
+        )
     if name != "vae":  # deterministic models: the CLI's test loss is that of the checkpoint's weights
         with torch.no_grad():
             recon = [

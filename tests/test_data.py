@@ -81,6 +81,35 @@ def test_binarize_draws_training_images_afresh_and_fixes_evaluation_images(data_
     assert (val.mean() - grey.mean()).abs() < 0.01
 
 
+def test_static_binarization_draws_every_split_once_and_keeps_it(data_dir: Path, capsys) -> None:
+    from ae_lightning.cli import main
+    from tests.conftest import CONFIGS
+
+    with pytest.raises(SystemExit):  # the option as a user gives it
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "vae_bernoulli.yaml"),
+                "--data.binarize",
+                "static",
+                "--print_config",
+            ]
+        )
+    assert "binarize: static" in capsys.readouterr().out
+    datamodule = ready(data_dir, binarize="static")
+    train = datamodule.datasets["train"]
+    first = all_items(train)[0]
+    assert set(torch.unique(first).tolist()) == {0.0, 1.0}
+    assert torch.equal(first, all_items(train)[0])  # one draw, kept
+    assert torch.equal(first, all_items(ready(data_dir, binarize="static").datasets["train"])[0])  # seeded
+    # the evaluation splits are those of dynamic binarisation
+    torch.testing.assert_close(all_items(datamodule.datasets["test"])[0],
+                               all_items(ready(data_dir, binarize=True).datasets["test"])[0])  # fmt: skip
+    with pytest.raises(ConfigError, match="binarize must be true, false, dynamic or static"):
+        MNISTDataModule(data_dir=data_dir, binarize="sometimes")
+
+
 def copy_dataset(data_dir: Path, tmp_path: Path) -> Path:
     shutil.copytree(data_dir / "MNIST", tmp_path / "MNIST")
     return tmp_path

@@ -93,8 +93,8 @@ class ConditionalVAE(VAE, Conditional):
     ) -> Tensor:
         """Images decoded from `num_samples` prior draws, given `labels` (num_samples,) (default: the
         classes in turn, 0, 1, ..., num_classes - 1, 0, ...): (num_samples, C, H, W)."""
-        if labels is None:
-            labels = torch.arange(num_samples) % self.num_classes
+        if labels is None:  # made on the device: no copy from the host
+            labels = torch.arange(num_samples, device=self.device) % self.num_classes
         return self.decode(self.prior_noise(num_samples, generator), labels.to(self.device))
 
     def grid_samples(self, num_samples: int, nrow: int, generator: torch.Generator | None = None) -> Tensor:

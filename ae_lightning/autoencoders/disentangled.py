@@ -73,10 +73,11 @@ def log_importance_weights(batch_size: int, dataset_size: int, device: torch.dev
     by 1/N for its own image, (N - M) / (N M) for one other and 1/M for the rest (M = B - 1), so that each
     row sums to 1."""
     m = max(batch_size - 1, 1)
-    weights = torch.full((batch_size, batch_size), 1 / m, device=device)
-    rows = torch.arange(batch_size, device=device)
-    weights[rows, (rows + 1) % batch_size] = (dataset_size - m) / (dataset_size * m)
-    weights[rows, rows] = 1 / dataset_size
+    # written with masks, not index assignment (which may wait for a GPU under deterministic algorithms)
+    own = torch.eye(batch_size, device=device)
+    next_one = own.roll(1, dims=1)
+    stratum = (dataset_size - m) / (dataset_size * m)
+    weights = 1 / m + own * (1 / dataset_size - 1 / m) + next_one * (stratum - 1 / m)
     return weights.log()
 
 

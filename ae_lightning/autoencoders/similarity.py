@@ -57,18 +57,15 @@ def window_matrix(size: int, kernel_size: int, device: torch.device) -> Tensor:
 
     Cached, and made outside inference mode whatever the caller's: a matrix first made during validation is
     later saved for the backward pass of a training step, which an inference tensor cannot be."""
-    with torch.inference_mode(False):
-        return _window_matrix(size, kernel_size).to(device, torch.float32)
-
-
-def _window_matrix(size: int, kernel_size: int) -> Tensor:
-    offsets = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
-    window = torch.exp(-offsets.square() / (2 * SSIM_SIGMA**2))
-    window = window / window.sum()
     positions = size - kernel_size + 1
-    matrix = torch.zeros(positions, size, dtype=torch.float64)
-    columns = torch.arange(positions)[:, None] + torch.arange(kernel_size)
-    return matrix.scatter_(1, columns, window.expand(positions, kernel_size))
+    # made on the device where it is used: no copy from the host, which would wait for a GPU
+    with torch.inference_mode(False):
+        offsets = torch.arange(kernel_size, device=device) - (kernel_size - 1) / 2
+        window = torch.exp(-offsets.square() / (2 * SSIM_SIGMA**2))
+        taps = (window / window.sum()).expand(positions, kernel_size)
+        matrix = torch.zeros(positions, size, device=device)
+        columns = torch.arange(positions, device=device)[:, None] + torch.arange(kernel_size, device=device)
+        return matrix.scatter_(1, columns, taps)
 
 
 def ssim_parts(x: Tensor, y: Tensor, data_range: float, kernel_size: int) -> tuple[Tensor, Tensor]:

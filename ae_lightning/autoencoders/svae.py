@@ -23,6 +23,7 @@ from ae_lightning.autoencoders.vae import (
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
 from ae_lightning.nets import first_accepted
+from ae_lightning.nets.sampling import standard_normal
 
 #: proposals of Wood's rejection sampler drawn at once per sample. Its acceptance rate is above 0.65 for
 #: every dimension and concentration (lowest for D = 2 and large kappa), so all 32 are rejected with
@@ -257,8 +258,8 @@ class SVAE(Autoencoder, Generative, LogLikelihood):
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Images decoded from `num_samples` draws of the uniform prior on the sphere (normalised normals)."""
-        z = F.normalize(torch.randn(num_samples, self.latent_dim, generator=generator), dim=1)
-        return self.decode(z.to(self.device, self.dtype))
+        z = standard_normal((num_samples, self.latent_dim), generator, self.device, torch.float32)
+        return self.decode(F.normalize(z, dim=1).to(self.dtype))
 
     def training_metrics(self) -> dict[str, Tensor | float]:
         return {"kl_weight": self.kl_weight()}

@@ -12,6 +12,7 @@ from ae_lightning.autoencoders.base import Autoencoder
 from ae_lightning.autoencoders.interface import GaussianPosterior, Generative, LogLikelihood
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
+from ae_lightning.nets.sampling import standard_normal
 
 #: the decoder outputs one importance-sampling chunk may hold (float32: 64 MB), so that k = 1000 samples of a
 #: batch are decoded a part at a time and memory stays bounded whatever k
@@ -51,8 +52,9 @@ LOG_2PI = math.log(2 * math.pi)
 def gaussian_log_density(z: Tensor, mu: Tensor | float = 0.0, logvar: Tensor | float = 0.0) -> Tensor:
     """log N(z; mu, exp(logvar)) of each element (broadcast), written out rather than taken from
     torch.distributions.Normal, whose argument checks make the host wait for a GPU at every call."""
-    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
-    return -0.5 * (LOG_2PI + logvar + (z - mu).square() * (-logvar).exp())
+    # a number stays a number: a tensor made of it on a GPU is a copy from the host that waits
+    precision = math.exp(-logvar) if isinstance(logvar, float | int) else (-logvar).exp()
+    return -0.5 * (LOG_2PI + logvar + (z - mu).square() * precision)
 
 
 def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -212,8 +214,7 @@ class VAE(Autoencoder, GaussianPosterior, Generative, LogLikelihood):
     def prior_noise(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """`num_samples` draws of the N(0, I) prior, (num_samples, latent_dim), on the model's device;
         `generator` (a CPU generator) makes the draws repeatable."""
-        z = torch.randn(num_samples, self.latent_dim, generator=generator)
-        return z.to(self.device, self.dtype)
+        return standard_normal((num_samples, self.latent_dim), generator, self.device, self.dtype)
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         return self.decode(self.prior_noise(num_samples, generator))

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ae_lightning.autoencoders.vae import VAE, gaussian_log_density
 from ae_lightning.errors import ConfigError
+from ae_lightning.nets.sampling import standard_normal
 
 
 def mixture_log_density(z: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
@@ -68,8 +69,12 @@ class VampVAE(VAE):
 
     def prior_noise(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Draws of the VampPrior: a component chosen uniformly, then a draw of its Gaussian."""
-        components = torch.randint(self.num_components, (num_samples,), generator=generator)
-        eps = torch.randn(num_samples, self.latent_dim, generator=generator)
         means, logvars = self.prior_components()
-        components, eps = components.to(means.device), eps.to(means.device, means.dtype)
+        if generator is None:  # drawn on the device: no copy from the host
+            components = torch.randint(self.num_components, (num_samples,), device=means.device)
+        else:
+            components = torch.randint(self.num_components, (num_samples,), generator=generator).to(
+                means.device
+            )
+        eps = standard_normal((num_samples, self.latent_dim), generator, means.device, means.dtype)
         return means[components] + (0.5 * logvars[components]).exp() * eps

@@ -12,6 +12,7 @@ from ae_lightning.autoencoders.mmd import Kernel, check_kernel, prior_mmd
 from ae_lightning.autoencoders.vae import VAE
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
+from ae_lightning.nets.sampling import standard_normal
 
 
 class WAE(Autoencoder, Generative):
@@ -47,8 +48,9 @@ class WAE(Autoencoder, Generative):
         return {"loss": recon + self.reg_weight * divergence, "recon": recon, "mmd": divergence}
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(num_samples, self.latent_dim, generator=generator)
-        return self.decode(z.to(self.device, self.dtype))
+        return self.decode(
+            standard_normal((num_samples, self.latent_dim), generator, self.device, self.dtype)
+        )
 
 
 class InfoVAE(VAE):

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from ae_lightning.batch import Batch
@@ -133,6 +133,10 @@ class AutoencoderDataModule(LightningDataModule, ABC):
         if not labels:
             return None
         return min(int(split.min()) for split in labels), max(int(split.max()) for split in labels)
+
+    def feature_network(self) -> nn.Module | None:
+        """The framework's feature network of this data's images in [0, 1], for the samples' FID; or None."""
+        return None
 
     def sample_names(self) -> list[str] | None:
         """The file of each item of the predicted split, by index (None: the items are not files)."""

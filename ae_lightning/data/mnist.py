@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import torchvision.datasets
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import nn
 
 from ae_lightning.data.archives import extract_archives
 from ae_lightning.data.base import (
@@ -17,9 +18,12 @@ from ae_lightning.data.base import (
 from ae_lightning.data.datasets import ImageTensorDataset, binarize_once
 from ae_lightning.data.idx import check_split
 from ae_lightning.errors import ConfigError, DataError
+from ae_lightning.evaluation.feature_net import KNOWN_SHA256, KNOWN_TRAIN_SIZE, Features, load_or_train
 from ae_lightning.files import folder_lock
 
 DatasetName = Literal["MNIST", "FashionMNIST", "KMNIST"]
+#: how binarised images are drawn: afresh at each training read, or once for every split
+Binarization = Literal["dynamic", "static"]
 #: every dataset of the family has these classes
 NUM_CLASSES = 10
 
@@ -38,8 +42,11 @@ class MNISTDataModule(ImageDataModule):
         val_size: how many training images are held out for validation.
         split_seed: seed of the train/val split (the same seed gives the same split on every machine).
         value_range: range the pixels are scaled to, [-1, 1] or [0, 1].
-        binarize: binarise the images: training images are drawn afresh at every read (dynamic binarisation),
-            validation and test images once, with a fixed seed, so their losses compare across epochs.
+        binarize: binarise the images, each pixel 1 with probability its intensity. `true` (or `dynamic`):
+            training images are drawn afresh at every read (dynamic binarisation), validation and test images
+            once, with a fixed seed, so their losses compare across epochs. `static`: every split drawn once,
+            with a seed, and kept (the protocol of statically binarised MNIST, without Larochelle's fixed
+            files). `false`: grey levels.
         download: download missing files in `prepare_data`; false fails at once when files are missing.
         resident: keep the images (uint8, 47 MB for MNIST) on the training device and serve each batch by
             indexing them there: scaling, binarisation and shuffling run on the device, with no per-image
@@ -63,7 +70,7 @@ class MNISTDataModule(ImageDataModule):
         val_size: int = 5000,
         split_seed: int = 42,
         value_range: Sequence[float] = (0.0, 1.0),
-        binarize: bool = False,
+        binarize: bool | Binarization = False,
         download: bool = True,
         resident: bool = True,
         steps_per_call: int = 1,
@@ -71,6 +78,8 @@ class MNISTDataModule(ImageDataModule):
     ) -> None:
         if dataset not in ("MNIST", "FashionMNIST", "KMNIST"):
             raise ConfigError(f"dataset must be MNIST, FashionMNIST or KMNIST, got {dataset!r}")
+        if binarize not in (False, True, "dynamic", "static"):
+            raise ConfigError(f"binarize must be true, false, dynamic or static, got {binarize!r}")
         super().__init__(batch_size, num_workers, split_seed, value_range, resident, steps_per_call)
         if val_size < 1:
             raise ConfigError(f"val_size must be at least 1 image, got {val_size}")
@@ -151,6 +160,26 @@ class MNISTDataModule(ImageDataModule):
     def class_names(self) -> list[str]:
         return list(self.dataset_class.classes)
 
+    def feature_network(self) -> nn.Module:
+        """The classifier of this dataset whose features the samples' FID compares: trained once on the
+        whole training file (a few seconds on a CPU core, deterministic) and cached in
+        `<data_dir>/<dataset>/feature_classifier/`, checked by the SHA-256 of its weights when loaded."""
+        train = self.dataset_class(str(self.data_dir), train=True)
+        network, digest = load_or_train(
+            self.data_dir / self.dataset_class.__name__ / "feature_classifier",
+            self.hparams.dataset,
+            train.data.unsqueeze(1),
+            train.targets,
+        )
+        known = KNOWN_SHA256.get(self.hparams.dataset)
+        if known is not None and digest != known and len(train.data) == KNOWN_TRAIN_SIZE:
+            rank_zero_info(
+                f"the {self.hparams.dataset} feature classifier trained here (SHA-256 {digest[:12]}...) is "
+                f"not the documented one ({known[:12]}...; another build of torch?): test/fid compares with "
+                "runs of this machine, not with docs/evaluation.md"
+            )
+        return Features(network)
+
     def load_splits(self) -> dict[Split, ImageTensorDataset]:
         """The seeded train/val split of the training file and the test file, as uint8 (N, 1, 28, 28)."""
         for prefix in ("train", "t10k"):
@@ -171,9 +200,11 @@ class MNISTDataModule(ImageDataModule):
             "val": (train.data[held], train.targets[held]),
             "test": (test.data, test.targets),
         }
+        binarize = self.hparams.binarize
+        dynamic = binarize is True or binarize == "dynamic"
         for seed, (split, (images, labels)) in enumerate(splits.items()):
             images = images.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
-            if self.hparams.binarize and split != "train":  # training images: afresh at each read
+            if binarize and not (dynamic and split == "train"):  # dynamic: training images at each read
                 images = binarize_once(images, seed=self.hparams.split_seed + seed)
             splits[split] = (images, labels)
-        return self.labelled_datasets(splits, self.hparams.normal_classes, self.hparams.binarize)
+        return self.labelled_datasets(splits, self.hparams.normal_classes, dynamic)

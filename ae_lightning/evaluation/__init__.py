@@ -1,7 +1,8 @@
 """Everything measured: the Evaluator and its metrics (reconstruction, NLL, one-class, the statistics of a
-code), the linear probe and k-NN of the features, the projection quality of a code."""
+code, the samples' FID), the linear probe and k-NN of the features, the projection quality of a code."""
 
 from ae_lightning.evaluation.evaluator import Evaluator
+from ae_lightning.evaluation.generation import Generation
 from ae_lightning.evaluation.metric import EvaluationMetric
 from ae_lightning.evaluation.one_class import OneClassMetrics, ScoreQuantile
 from ae_lightning.evaluation.statistics import (
@@ -18,6 +19,7 @@ __all__ = [
     "CodeUsage",
     "EvaluationMetric",
     "Evaluator",
+    "Generation",
     "NegativeLogLikelihood",
     "OneClass",
     "OneClassMetrics",

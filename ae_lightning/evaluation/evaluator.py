@@ -26,7 +26,8 @@ class Evaluator(nn.Module):
     Args:
         model: the autoencoder evaluated (read for its value range, capabilities and code size).
         anomaly_quantile: the one-class threshold rule.
-        metrics: further metrics, besides the defaults (those that do not apply to the model are left out).
+        metrics: further metrics, besides the defaults (those that do not apply to the model are left out; one
+            of a default's class replaces that default).
     """
 
     def __init__(
@@ -37,8 +38,12 @@ class Evaluator(nn.Module):
     ) -> None:
         super().__init__()
         self.val_scores = ScoreQuantile(anomaly_quantile)
-        chosen = [*default_metrics(model), *(metric for metric in metrics if metric.applies_to(model))]
-        self.metrics = nn.ModuleList(chosen)
+        given = [metric for metric in metrics if metric.applies_to(model)]
+        # a metric given replaces the default of its class (e.g. Generation with a feature network of its own)
+        defaults = [
+            metric for metric in default_metrics(model) if type(metric) not in {type(m) for m in given}
+        ]
+        self.metrics = nn.ModuleList([*defaults, *given])
         self.threshold: float | None = None
 
     def _at(self, stage: str) -> list[EvaluationMetric]:
@@ -60,6 +65,12 @@ class Evaluator(nn.Module):
             self.val_scores.reset()
             results["anomaly_threshold"] = self.threshold
         return results | self._read(self._at("val"))
+
+    def prepare(self, data_features: nn.Module | None, device: torch.device) -> None:
+        """Hands every metric what the data offers before a test (its feature network, or None), and the
+        model's device (moved there before the first batch, not in one)."""
+        for metric in self.metrics:
+            metric.prepare(data_features, device)
 
     @torch.no_grad()
     def test_batch(self, model: Autoencoder, batch: Batch) -> None:

@@ -8,12 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from ae_lightning.autoencoders.base import Autoencoder
-from ae_lightning.autoencoders.interface import DiscreteCode, LogLikelihood, Reconstructs
+from ae_lightning.autoencoders.interface import DiscreteCode, Generative, LogLikelihood, Reconstructs
 from ae_lightning.batch import Batch
 
 #: what a metric can read: a field of the `Batch`, or an output of the model computed once per batch
 BATCH_FIELDS = ("inputs", "labels", "gt_anomaly")
-MODEL_OUTPUTS = ("reconstruction", "anomaly_score", "latent", "codes", "nll")
+MODEL_OUTPUTS = ("reconstruction", "anomaly_score", "latent", "codes", "nll", "samples")
 
 
 class EvaluationMetric(nn.Module, ABC):
@@ -41,6 +41,10 @@ class EvaluationMetric(nn.Module, ABC):
     @abstractmethod
     def compute(self) -> dict[str, Tensor]:
         """The measures over everything seen (on every device), by name."""
+
+    def prepare(self, data_features: nn.Module | None, device: torch.device) -> None:
+        """Takes what the data offers before a test: its feature network (images in [0, 1] -> features), or
+        None; `device` is the model's. Most metrics need nothing."""
 
     def reset(self) -> None:
         """Forgets what was seen (before the next pass)."""
@@ -73,6 +77,8 @@ def model_outputs(model: Autoencoder, batch: Batch, names: Sequence[str]) -> dic
             values[name] = model.codes(batch.inputs)
         elif name == "nll" and isinstance(model, LogLikelihood):
             values[name] = model.negative_log_likelihood(batch, model.nll_samples)
+        elif name == "samples" and isinstance(model, Generative):
+            values[name] = model.sample(len(batch)).float()  # as many samples as the batch has images
     return values
 
 

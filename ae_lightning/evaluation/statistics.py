@@ -4,10 +4,11 @@ model's code (active units, codebook usage)."""
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric, MeanSquaredError, Metric
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from torchmetrics.image import StructuralSimilarityIndexMeasure
 
 from ae_lightning.autoencoders.base import Autoencoder
 from ae_lightning.autoencoders.interface import DiscreteCode, GaussianPosterior, LogLikelihood, Reconstructs
+from ae_lightning.evaluation.generation import Generation
 from ae_lightning.evaluation.metric import EvaluationMetric
 from ae_lightning.evaluation.one_class import OneClassMetrics
 from ae_lightning.nets import one_hot
@@ -26,8 +27,8 @@ class Reconstruction(EvaluationMetric):
     def __init__(self, value_range: tuple[float, float] = (0.0, 1.0), images: bool = True) -> None:
         super().__init__()
         low, high = value_range
+        self.data_range = high - low
         self.mse = MeanSquaredError()
-        self.psnr = PeakSignalNoiseRatio(data_range=high - low)
         self.ssim = StructuralSimilarityIndexMeasure(data_range=high - low) if images else None
 
     def applies_to(self, model: Autoencoder) -> bool:
@@ -35,12 +36,14 @@ class Reconstruction(EvaluationMetric):
 
     def update(self, values: dict[str, Tensor]) -> None:
         x, reconstruction = values["inputs"].float(), values["reconstruction"]
-        for metric in (self.mse, self.psnr, self.ssim):
+        for metric in (self.mse, self.ssim):
             if metric is not None:
                 metric.update(reconstruction, x)
 
     def compute(self) -> dict[str, Tensor]:
-        results = {"mse": self.mse.compute(), "psnr": self.psnr.compute()}
+        mse = self.mse.compute()
+        # PSNR of the whole set from its MSE (torchmetrics' PSNR copies a count to the GPU at every update)
+        results = {"mse": mse, "psnr": 10 * torch.log10(self.data_range**2 / mse)}
         return results | ({"ssim": self.ssim.compute()} if self.ssim is not None else {})
 
 
@@ -174,11 +177,12 @@ class CodeUsage(EvaluationMetric):
 
 def default_metrics(model: Autoencoder) -> list[EvaluationMetric]:
     """What applies to `model`, by its declared capabilities: reconstruction quality, the NLL, the one-class
-    measures (used where batches carry `gt_anomaly`), active units, codebook usage."""
+    measures (used where batches carry `gt_anomaly`), the samples' FID, active units, codebook usage."""
     candidates: list[EvaluationMetric] = [
         Reconstruction(model.value_range, images=len(model.image_shape) == 3),
         NegativeLogLikelihood(),
         OneClass(),
+        Generation(model.value_range),
     ]
     if isinstance(model, GaussianPosterior):
         candidates.append(ActiveUnits(model.latent_dim))

@@ -10,7 +10,7 @@ from ae_lightning.nets.conv import ConvDecoder, ConvEncoder
 from ae_lightning.nets.mlp import MLPDecoder, MLPEncoder
 from ae_lightning.nets.one_hot import one_hot
 from ae_lightning.nets.quantizer import Quantized, VectorQuantizer
-from ae_lightning.nets.sampling import first_accepted
+from ae_lightning.nets.sampling import first_accepted, standard_normal
 
 Backbone = Literal["mlp", "conv"]
 
@@ -52,4 +52,5 @@ __all__ = [
     "build_encoder",
     "first_accepted",
     "one_hot",
+    "standard_normal",
 ]

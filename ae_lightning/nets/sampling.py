@@ -24,3 +24,13 @@ def first_accepted(proposals: Tensor, accepted: Tensor) -> tuple[Tensor, Tensor]
     index = torch.where(fell_back, count - 1, first)
     index = index.view(1, -1, *[1] * (proposals.ndim - 2)).expand(1, *proposals.shape[1:])
     return proposals.gather(0, index)[0], fell_back
+
+
+def standard_normal(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """N(0, 1) draws of `shape` on `device`: drawn there (no copy from the host, which would wait for a GPU)
+    unless a CPU `generator` is given to make them repeatable (pictures), then drawn on the CPU and moved."""
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator).to(device, dtype)
