@@ -575,3 +575,37 @@ def test_the_default_metrics_follow_the_models_capabilities() -> None:
                                                                             "CodeUsage"]  # fmt: skip
     spiral = TorchAE(latent_dim=1, hidden_dims=[8], image_shape=(3,), value_range=(-1, 1))
     assert default_metrics(spiral)[0].ssim is None  # no SSIM of vectors
+
+
+@pytest.mark.slow
+def test_the_zoo_benchmark_runs_every_model_under_its_protocol_and_resumes(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """benchmarks/zoo.py on the tiny data: two models, one epoch, the table and the JSON; a second run keeps
+    what the first measured; every exported model has its config there."""
+    import json
+    import subprocess
+    import sys
+
+    import ae_lightning.models
+    from benchmarks.zoo import CONFIGS
+    from tests.conftest import REPO, VAL_SIZE
+    from tests.variants import modules
+
+    assert set(CONFIGS) == {cls.__name__ for cls in modules()}
+    assert all((REPO / "configs" / config).is_file() for config in CONFIGS.values())
+    out = tmp_path / "zoo.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "zoo.py"), f"--data-dir={data_dir}", "--epochs=1",
+               "--nll-samples=5", f"--val-size={VAL_SIZE}", "--models", "VAE", "WAE", f"--out={out}",
+               "--extra=--data.batch_size=16", "--extra=--trainer.accelerator=cpu"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert (
+        set(results) == {"VAE", "WAE"} and results["VAE"]["test/fid"] >= 0 and results["VAE"]["peak_mb"] > 0
+    )
+    assert "test/nll" not in results["WAE"] and results["WAE"]["seconds_per_epoch"] > 0
+    assert "| VAE |" in done.stdout and "| model | MSE | NLL | FID |" in done.stdout
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert "done before, kept" in again.stdout and json.loads(out.read_text())["results"] == results
+    assert ae_lightning.models.VAE is not None

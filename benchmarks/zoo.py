@@ -1,0 +1,214 @@
+"""Every model of the framework on MNIST under one protocol, through the real CLI: one table.
+
+    python benchmarks/zoo.py --data-dir ../shared/data --epochs 10
+    python benchmarks/zoo.py --data-dir ../shared/data --epochs 10 --binarized
+
+  (default)    every model (ae_lightning.models), with its config's objective and likelihood but this
+               project's conv backbone (stride-2 convolutions of 32 and 64 channels), latent 16, the default
+               optimizer (fused Adam, lr 1e-3) and --epochs: test/mse, test/nll (k = --nll-samples, where
+               the model reports a likelihood), test/fid, test/precision, test/recall (evaluation.Generation,
+               where it generates), test/knn_acc and test/linear_probe_acc of the codes, seconds per epoch of
+               the fit (validation included), the peak memory of the process (RSS on a CPU, allocated on a
+               GPU).
+  --binarized  VAE, VampVAE, IWAE and HVAE with their MLP configs on statically binarised MNIST (one seeded
+               draw, kept: --data.binarize static), test/nll beside pythae's published numbers (approximate:
+               not Larochelle's fixed files, and far fewer epochs than the papers).
+
+Each model runs in a process of its own (its peak memory is its own), and the JSON (benchmarks/results/
+zoo.json or zoo_binarized.json, or --out) is written after each: a sweep stopped half-way resumes where it
+stopped. The table is printed as markdown at the end.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+#: the config of each model (its objective, arguments and likelihood; the protocol overrides the networks)
+CONFIGS = {
+    "AE": "ae.yaml",
+    "DenoisingAE": "dae.yaml",
+    "SparseAE": "sparse_ae.yaml",
+    "ContractiveAE": "contractive_ae.yaml",
+    "VAE": "vae.yaml",
+    "ConditionalVAE": "cvae.yaml",
+    "IWAE": "iwae.yaml",
+    "VQVAE": "vqvae.yaml",
+    "WAE": "wae.yaml",
+    "InfoVAE": "info_vae.yaml",
+    "RAE": "rae.yaml",
+    "DisentangledBetaVAE": "disentangled_beta_vae.yaml",
+    "BetaTCVAE": "beta_tc_vae.yaml",
+    "MSSSIMVAE": "msssim_vae.yaml",
+    "VampVAE": "vamp_vae.yaml",
+    "MIWAE": "miwae.yaml",
+    "CIWAE": "ciwae.yaml",
+    "HVAE": "hvae.yaml",
+    "RHVAE": "rhvae.yaml",
+    "PlanarFlowVAE": "planar_flow_vae.yaml",
+    "IAFVAE": "iaf_vae.yaml",
+    "SVAE": "svae.yaml",
+    "PoincareVAE": "poincare_vae.yaml",
+    "HRQVAE": "hrqvae.yaml",
+}
+PROTOCOL = ["--model.backbone=conv", "--model.hidden_dims=[32, 64]", "--model.latent_dim=16"]
+#: statically binarised MNIST, test NLL in nats: (pythae's benchmark, the paper)
+PYTHAE_BINARIZED = {
+    "VAE": (89.78, 89.9),
+    "VampVAE": (85.79, 85.57),
+    "IWAE": (86.82, 87.1),
+    "HVAE": (86.21, 86.40),
+}
+BINARIZED_CONFIGS = {
+    "VAE": "vae_bernoulli.yaml",
+    "VampVAE": "vamp_vae.yaml",
+    "IWAE": "iwae.yaml",
+    "HVAE": "hvae.yaml",
+}
+COLUMNS = [
+    ("test/mse", "MSE", 4),
+    ("test/nll", "NLL", 2),
+    ("test/fid", "FID", 2),
+    ("test/precision", "prec.", 3),
+    ("test/recall", "recall", 3),
+    ("test/knn_acc", "kNN", 3),
+    ("test/linear_probe_acc", "probe", 3),
+    ("seconds_per_epoch", "s/epoch", 1),
+    ("peak_mb", "peak MB", 0),
+]
+
+
+def reports_likelihood(name: str) -> bool:
+    """Whether the model declares a likelihood (it then takes --model.nll_samples)."""
+    import ae_lightning.models
+    from ae_lightning.autoencoders import LogLikelihood
+
+    module = getattr(ae_lightning.models, name)
+    return issubclass(typing.get_type_hints(module.build_autoencoder)["return"], LogLikelihood)
+
+
+def peak_memory_mb() -> float:
+    """The process's peak: allocated on a GPU, resident on a CPU (VmHWM)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Fits and tests one model in this process; its numbers."""
+    from benchmarks.evaluation import fit_and_test
+
+    config = (BINARIZED_CONFIGS if args.binarized else CONFIGS)[name]
+    extra = ["--data.binarize=static"] if args.binarized else PROTOCOL
+    if reports_likelihood(name):
+        extra = [*extra, f"--model.nll_samples={args.nll_samples}"]
+    with tempfile.TemporaryDirectory() as folder:  # the run's folder, thrown away
+        os.chdir(folder)
+        metrics, seconds = fit_and_test(config, args, *extra)
+    return {
+        **metrics,
+        "seconds": seconds,
+        "seconds_per_epoch": seconds / args.epochs,
+        "peak_mb": peak_memory_mb(),
+    }
+
+
+def table(results: dict[str, dict[str, Any]], binarized: bool) -> str:
+    """The results as markdown, pythae's numbers beside the binarised NLLs."""
+    columns = COLUMNS + ([("pythae", "pythae", 2), ("paper", "paper", 2)] if binarized else [])
+    lines = [
+        "| model | " + " | ".join(title for _, title, _ in columns) + " |",
+        "| --- " * (len(columns) + 1) + "|",
+    ]
+    for name, row in results.items():
+        if binarized and name in PYTHAE_BINARIZED:
+            row = {**row, "pythae": PYTHAE_BINARIZED[name][0], "paper": PYTHAE_BINARIZED[name][1]}
+        cells = [
+            f"{row[key]:.{digits}f}" if isinstance(row.get(key), int | float) else "—"
+            for key, _, digits in columns
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default="data", help="folder holding MNIST/raw/")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--nll-samples", type=int, default=1000, help="k of test/nll")
+    parser.add_argument("--val-size", type=int, default=5000, help="as --data.val_size")
+    parser.add_argument("--binarized", action="store_true", help="the statically binarised NLL comparison")
+    parser.add_argument("--models", nargs="+", default=None, help="these models only (default: all)")
+    parser.add_argument(
+        "--extra", action="append", default=[], help="a cli.py flag for every fit, repeatable"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="the JSON (default benchmarks/results/)")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child process: one model, JSON out
+    args = parser.parse_args()
+    args.data_dir = str(Path(args.data_dir).resolve())
+    if args.one is not None:
+        print("ZOO " + json.dumps(run_one(args.one, args)), flush=True)
+        return
+    names = args.models or list(BINARIZED_CONFIGS if args.binarized else CONFIGS)
+    out = args.out or REPO / "benchmarks" / "results" / (
+        "zoo_binarized.json" if args.binarized else "zoo.json"
+    )
+    report = json.loads(out.read_text()) if out.is_file() else {"results": {}}
+    report.update(
+        epochs=args.epochs,
+        nll_samples=args.nll_samples,
+        binarized=args.binarized,
+        extra=args.extra,
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
+        protocol=[] if args.binarized else PROTOCOL,
+    )
+    for index, name in enumerate(names, 1):
+        if name in report["results"]:
+            print(f"[{index}/{len(names)}] {name}: done before, kept", flush=True)
+            continue
+        print(f"[{index}/{len(names)}] {name} ...", flush=True)
+        start = time.perf_counter()
+        child = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            f"--data-dir={args.data_dir}",
+            f"--epochs={args.epochs}",
+            f"--nll-samples={args.nll_samples}",
+            f"--val-size={args.val_size}",
+            *(["--binarized"] if args.binarized else []),
+            *[f"--extra={flag}" for flag in args.extra],
+        ]
+        done = subprocess.run(child, capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("ZOO ")]
+        if done.returncode != 0 or not lines:
+            print(f"  failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}", flush=True)
+            continue
+        report["results"][name] = json.loads(lines[-1].removeprefix("ZOO "))
+        print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+    print(table(report["results"], args.binarized))
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
