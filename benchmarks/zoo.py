@@ -172,6 +172,12 @@ def main() -> None:
         "zoo_binarized.json" if args.binarized else "zoo.json"
     )
     report = json.loads(out.read_text()) if out.is_file() else {"results": {}}
+    settings = {"epochs": args.epochs, "nll_samples": args.nll_samples}
+    if report["results"] and {key: report.get(key) for key in settings} != settings:
+        sys.exit(
+            f"error: {out} holds a sweep of {report.get('epochs')} epochs, k = {report.get('nll_samples')}: "
+            "give --out another file for other settings (or delete it to start again)"
+        )
     report.update(
         epochs=args.epochs,
         nll_samples=args.nll_samples,

@@ -608,4 +608,8 @@ def test_the_zoo_benchmark_runs_every_model_under_its_protocol_and_resumes(
     assert "| VAE |" in done.stdout and "| model | MSE | NLL | FID |" in done.stdout
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert "done before, kept" in again.stdout and json.loads(out.read_text())["results"] == results
+    other = subprocess.run(
+        [*command, "--epochs=2"], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert other.returncode == 1 and "holds a sweep of 1 epochs" in other.stderr  # not mixed into one table
     assert ae_lightning.models.VAE is not None
