@@ -10,7 +10,7 @@ Tensor methods. `benchmarks/device_check.py` checks the same on a real GPU with
 """
 
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +115,25 @@ def count_host_syncs(monkeypatch: pytest.MonkeyPatch) -> Iterator[HostSyncs]:
         monkeypatch.setattr(torch.Tensor, name, watched(name))
     with _Dispatch(syncs):
         yield syncs
+
+
+def assert_model_waits_for_nothing(
+    monkeypatch: pytest.MonkeyPatch, model: Any, batch: Any, nll_samples: int = 0, *more: Callable[[], Any]
+) -> None:
+    """A training step (the loss and its backward), the evaluation terms, the anomaly score, the NLL from
+    `nll_samples` importance samples in chunks of 16 (where given) and each of `more`, counted on the CPU:
+    none waits for the device."""
+    with count_host_syncs(monkeypatch) as syncs:
+        syncs.active = True
+        model.train().loss_terms(batch)["loss"].mean().backward()
+        model.eval().loss_terms(batch)
+        model.anomaly_score(batch)
+        if nll_samples:
+            model.negative_log_likelihood(batch, nll_samples, chunk_size=16)
+        for call in more:
+            call()
+        syncs.active = False
+    assert syncs.found == []
 
 
 class WatchSteps(Callback):

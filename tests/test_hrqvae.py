@@ -20,7 +20,7 @@ from ae_lightning.nets.residual_quantizer import (
     gumbel_choice,
     uniform_kl,
 )
-from tests.syncs import count_host_syncs
+from tests.syncs import assert_model_waits_for_nothing
 from tests.test_autoencoders import fixed_batch, make
 
 
@@ -219,15 +219,12 @@ def test_steps_do_not_wait_for_the_device(monkeypatch: pytest.MonkeyPatch) -> No
     """Training (draws, depth dropout, counts, dead-entry reset) and evaluation, counted on the CPU."""
     model = make(HRQVAE, {"codebook_size": 8, "code_dim": 2, "kl_weight": 0.1, "dead_code_threshold": 0.1})
     batch = fixed_batch()
-    with count_host_syncs(monkeypatch) as syncs:
-        syncs.active = True
-        model.train().loss_terms(batch)["loss"].mean().backward()
-        model.training_metrics()
+
+    def evaluate_codes() -> None:
         with torch.no_grad():
-            model.eval().loss_terms(batch)
             model.codes(batch.inputs)
-        syncs.active = False
-    assert syncs.found == []
+
+    assert_model_waits_for_nothing(monkeypatch, model, batch, 0, model.training_metrics, evaluate_codes)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from ae_lightning.autoencoders.poincare_vae import PoincareVAE
 from ae_lightning.autoencoders.svae import log_sphere_area
 from ae_lightning.errors import ConfigError
 from ae_lightning.export.graphs import graphs
-from tests.syncs import count_host_syncs
+from tests.syncs import assert_model_waits_for_nothing
 from tests.test_autoencoders import fixed_batch, make
 
 F64, close = torch.float64, torch.testing.assert_close
@@ -268,12 +268,7 @@ def test_anomaly_score_is_a_deterministic_negative_elbo_and_the_nll_importance_s
 def test_waits_for_no_device_and_traces_to_the_same_numbers(posterior, monkeypatch) -> None:
     """No host syncs in training, evaluation, scoring or the NLL; the exported graphs trace to its numbers."""
     model, batch = make(PoincareVAE, {"posterior": posterior}, likelihood="bernoulli"), fixed_batch(count=4)
-    with count_host_syncs(monkeypatch) as syncs:
-        syncs.active = True
-        model.train().loss_terms(batch)["loss"].mean().backward()
-        model.eval().loss_terms(batch), model.anomaly_score(batch)
-        model.negative_log_likelihood(batch, 40, chunk_size=16)
-    assert syncs.found == []
+    assert_model_waits_for_nothing(monkeypatch, model, batch, 40)
     pixels = (batch.inputs * 255).to(torch.uint8)
     inputs = {"encoder": pixels, "decoder": model.code(pixels / 255), "scorer": pixels}
     with torch.no_grad(), warnings.catch_warnings():

@@ -18,7 +18,7 @@ from ae_lightning.autoencoders.rhvae_metric import (
 )
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
-from tests.syncs import count_host_syncs
+from tests.syncs import assert_model_waits_for_nothing
 from tests.test_autoencoders import fixed_batch, make
 from tests.test_hvae import autograd_gradient, mlp_potential
 
@@ -269,13 +269,7 @@ def test_the_terms_are_the_same_with_or_without_a_graph_and_under_inference_mode
 def test_rhvae_waits_for_no_device(monkeypatch) -> None:
     """Training (the ring written on the device), evaluation and scoring: no host sync."""
     model = make(RHVAE, {"metric_hidden_dims": [16], "num_centroids": 5}, likelihood="bernoulli")
-    batch = fixed_batch(count=4)
-    with count_host_syncs(monkeypatch) as syncs:
-        syncs.active = True
-        model.train().loss_terms(batch)["loss"].mean().backward()
-        model.eval().loss_terms(batch)
-        model.anomaly_score(batch)
-    assert syncs.found == []
+    assert_model_waits_for_nothing(monkeypatch, model, fixed_batch(count=4))
 
 
 @pytest.mark.parametrize(

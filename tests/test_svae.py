@@ -21,7 +21,7 @@ from ae_lightning.autoencoders.svae import (
     wood_accepts,
 )
 from ae_lightning.errors import ConfigError
-from tests.syncs import count_host_syncs
+from tests.syncs import assert_model_waits_for_nothing
 from tests.test_autoencoders import fixed_batch, make
 
 ORDERS = [0.0, 0.5, 1.0, 3.5, 7.0, 31.0, 127.0]
@@ -249,14 +249,7 @@ def test_svae_nll_is_the_reconstruction_when_the_decoder_ignores_the_code() -> N
 def test_svae_waits_for_no_device(monkeypatch) -> None:
     """Training, evaluation, scoring and the NLL draw and pick the proposals on the device."""
     model = make(SVAE, {}, likelihood="bernoulli")
-    batch = fixed_batch(count=4)
-    with count_host_syncs(monkeypatch) as syncs:
-        syncs.active = True
-        model.train().loss_terms(batch)["loss"].mean().backward()
-        model.eval().loss_terms(batch)
-        model.anomaly_score(batch)
-        model.negative_log_likelihood(batch, 40, chunk_size=16)
-    assert syncs.found == []
+    assert_model_waits_for_nothing(monkeypatch, model, fixed_batch(count=4), 40)
 
 
 def test_svae_exported_graphs_trace_to_the_same_numbers() -> None:

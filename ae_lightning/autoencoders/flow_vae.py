@@ -11,10 +11,10 @@ from torch import Tensor, nn
 from ae_lightning.autoencoders.flows import IAFStep, PlanarFlow, RadialFlow
 from ae_lightning.autoencoders.vae import (
     LOG_2PI,
-    NLL_CHUNK_ELEMENTS,
     SCORE_SAMPLES,
     VAE,
     gaussian_log_density,
+    importance_chunks,
     score_noise,
 )
 from ae_lightning.batch import Batch
@@ -87,22 +87,17 @@ class FlowVAE(VAE):
         """log p(x | z_K) + log p(z_K) - log q_K(z_K | x) for `num_samples` flow posterior draws of each
         image: (num_samples, B); with the reconstruction terms (num_samples, B), and mu and logvar (B, D) of
         q0. The draws are decoded `chunk_size` at a time, as in `VAE.log_weights`."""
-        x = batch.inputs
         mu, logvar, decode_raw = self.posterior(batch)
-        if chunk_size is None:
-            chunk_size = max(1, NLL_CHUNK_ELEMENTS // max(1, x[0].numel() * x.shape[0]))
-        log_weights, recons = [], []
-        for start in range(0, num_samples, chunk_size):
-            count = min(chunk_size, num_samples - start)
+
+        def weigh(count: int, targets: Tensor) -> tuple[Tensor, Tensor]:
             eps = torch.randn((count, *mu.shape), dtype=mu.dtype, device=mu.device)
             z, kl, _ = self.flow_draws(mu, logvar, eps)  # (count, B, D), (count, B)
-            targets = x.repeat(count, *[1] * (x.ndim - 1))
             recon = self.reconstruction_loss(decode_raw(z.flatten(0, 1).to(mu.dtype)), targets)
             recon = recon.view(count, -1)
-            # log q_K - log p is the KL estimate of the draw
-            log_weights.append(-recon - kl)
-            recons.append(recon)
-        return torch.cat(log_weights), torch.cat(recons), mu, logvar
+            return -recon - kl, recon  # log q_K - log p is the KL estimate of the draw
+
+        log_weights, recons = importance_chunks(batch.inputs, num_samples, chunk_size, weigh)
+        return log_weights, recons, mu, logvar
 
     def anomaly_score(self, batch: Batch, num_samples: int = SCORE_SAMPLES) -> Tensor:
         """Negative ELBO of each image (beta = 1), reconstruction and KL estimate averaged over `num_samples`

@@ -29,10 +29,10 @@ from ae_lightning.autoencoders.hyperbolic import (
 )
 from ae_lightning.autoencoders.interface import Generative, LogLikelihood
 from ae_lightning.autoencoders.vae import (
-    NLL_CHUNK_ELEMENTS,
     SCORE_NOISE_SEED,
     SCORE_SAMPLES,
     check_elbo_arguments,
+    importance_chunks,
     iwae_bound,
     score_noise,
     warmed_up,
@@ -202,19 +202,15 @@ class PoincareVAE(Autoencoder, Generative, LogLikelihood):
         """log p(x | z_i) + log p(z_i) - log q(z_i | x) for `num_samples` posterior draws z_i of each image:
         (num_samples, B). The draws are decoded `chunk_size` at a time (default: as many as keep a chunk's
         outputs, or its sampler's proposals, under 2^24 numbers)."""
-        x = batch.inputs
-        mu, sigma = self.encode(x)
-        if chunk_size is None:
-            per_draw = x.shape[0] * max(x[0].numel(), PROPOSALS + self.latent_dim)
-            chunk_size = max(1, NLL_CHUNK_ELEMENTS // per_draw)
-        log_weights = []
-        for start in range(0, num_samples, chunk_size):
-            count = min(chunk_size, num_samples - start)
-            z = self.posterior_sample(mu, sigma, self.posterior_noise((count, x.shape[0])))  # (count, B, D)
-            targets = x.repeat(count, *[1] * (x.ndim - 1))  # (count * B, ...) as the decoder's outputs
+        mu, sigma = self.encode(batch.inputs)
+
+        def weigh(count: int, targets: Tensor) -> tuple[Tensor, Tensor]:
+            z = self.posterior_sample(mu, sigma, self.posterior_noise((count, mu.shape[0])))  # (count, B, D)
             recon = self.reconstruction_loss(self.decode_raw(z.flatten(0, 1)), targets).view(count, -1)
-            log_weights.append(-recon + self.log_prior(z) - self.log_posterior(z, mu, sigma))
-        return torch.cat(log_weights)
+            return -recon + self.log_prior(z) - self.log_posterior(z, mu, sigma), recon
+
+        draw_numbers = PROPOSALS + self.latent_dim  # the sampler's proposals, when more than the outputs
+        return importance_chunks(batch.inputs, num_samples, chunk_size, weigh, draw_numbers)[0]
 
     @torch.no_grad()
     def negative_log_likelihood(

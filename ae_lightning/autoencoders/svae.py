@@ -13,10 +13,10 @@ from ae_lightning.autoencoders.base import Autoencoder
 from ae_lightning.autoencoders.bessel import log_bessel_reduced
 from ae_lightning.autoencoders.interface import Generative, LogLikelihood
 from ae_lightning.autoencoders.vae import (
-    NLL_CHUNK_ELEMENTS,
     SCORE_NOISE_SEED,
     SCORE_SAMPLES,
     check_elbo_arguments,
+    importance_chunks,
     iwae_bound,
     warmed_up,
 )
@@ -217,21 +217,18 @@ class SVAE(Autoencoder, Generative, LogLikelihood):
         """log p(x | z_i) + log p(z_i) - log q(z_i | x) for `num_samples` vMF draws z_i of each image:
         (num_samples, B). The draws are decoded `chunk_size` at a time (default: as many as keep a chunk's
         outputs under 2^24 numbers)."""
-        x = batch.inputs
-        mu, kappa = self.encode(x)
-        if chunk_size is None:  # a chunk's decoder outputs, or its sampler's proposals, under 2^24 numbers
-            per_draw = x.shape[0] * max(x[0].numel(), PROPOSALS * self.latent_dim)
-            chunk_size = max(1, NLL_CHUNK_ELEMENTS // per_draw)
+        mu, kappa = self.encode(batch.inputs)
         log_prior = -log_sphere_area(self.latent_dim)
-        log_weights = []
-        for start in range(0, num_samples, chunk_size):
-            count = min(chunk_size, num_samples - start)
+
+        def weigh(count: int, targets: Tensor) -> tuple[Tensor, Tensor]:
             z = vmf_sample(mu.expand(count, *mu.shape), kappa.expand(count, *kappa.shape))  # (count, B, D)
-            targets = x.repeat(count, *[1] * (x.ndim - 1))  # (count * B, ...) as the decoder's outputs
             decoded = self.decoder(z.flatten(0, 1).to(self.dtype))
             recon = self.reconstruction_loss(decoded, targets).view(count, -1)
-            log_weights.append(-recon + log_prior - vmf_log_density(z, mu, kappa))
-        return torch.cat(log_weights)
+            return -recon + log_prior - vmf_log_density(z, mu, kappa), recon
+
+        # a chunk's decoder outputs, or its sampler's proposals, under 2^24 numbers
+        draw_numbers = PROPOSALS * self.latent_dim
+        return importance_chunks(batch.inputs, num_samples, chunk_size, weigh, draw_numbers)[0]
 
     @torch.no_grad()
     def negative_log_likelihood(

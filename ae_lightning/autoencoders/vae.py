@@ -36,6 +36,30 @@ def iwae_bound(log_weights: Tensor) -> Tensor:
     return log_weights.logsumexp(0) - math.log(log_weights.shape[0])
 
 
+def importance_chunks(
+    inputs: Tensor,
+    num_samples: int,
+    chunk_size: int | None,
+    weigh: Callable[[int, Tensor], tuple[Tensor, Tensor]],
+    draw_numbers: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """The log importance weights of `num_samples` posterior draws of each image, made `chunk_size` draws at a
+    time: `weigh(count, targets)` draws `count` per image and returns their log weights and reconstruction
+    terms, (count, B) each; `targets` are the inputs repeated `count` times, as the decoder's outputs
+    (count * B, ...). The default chunk keeps its decoder outputs, or the `draw_numbers` a sampler makes per
+    image and draw where those are more, under NLL_CHUNK_ELEMENTS numbers. Returns both, (num_samples, B)."""
+    if chunk_size is None:
+        chunk_size = max(1, NLL_CHUNK_ELEMENTS // (inputs.shape[0] * max(1, inputs[0].numel(), draw_numbers)))
+    log_weights, recons = [], []
+    for start in range(0, num_samples, chunk_size):
+        count = min(chunk_size, num_samples - start)
+        targets = inputs.repeat(count, *[1] * (inputs.ndim - 1))
+        log_weight, recon = weigh(count, targets)
+        log_weights.append(log_weight)
+        recons.append(recon)
+    return torch.cat(log_weights), torch.cat(recons)
+
+
 #: posterior samples of the anomaly score, and the seed of their fixed noise
 SCORE_SAMPLES, SCORE_NOISE_SEED = 16, 0
 
@@ -171,23 +195,17 @@ class VAE(Autoencoder, GaussianPosterior, Generative, LogLikelihood):
         """log p(x | z_i) + log p(z_i) - log q(z_i | x) for `num_samples` posterior draws z_i of each image:
         (num_samples, B); with the reconstruction terms (num_samples, B), mu and logvar (B, D). The draws are
         decoded `chunk_size` at a time (default: as many as keep a chunk's outputs under 2^24 numbers)."""
-        x = batch.inputs
         mu, logvar, decode_raw = self.posterior(batch)
         std = (0.5 * logvar).exp()
-        if chunk_size is None:
-            chunk_size = max(1, NLL_CHUNK_ELEMENTS // max(1, x[0].numel() * x.shape[0]))
-        log_weights, recons = [], []
-        for start in range(0, num_samples, chunk_size):
-            count = min(chunk_size, num_samples - start)
+
+        def weigh(count: int, targets: Tensor) -> tuple[Tensor, Tensor]:
             z = mu + std * torch.randn((count, *mu.shape), dtype=mu.dtype, device=mu.device)  # (count, B, D)
-            decoder_output = decode_raw(z.flatten(0, 1))  # (count * B, C, H, W)
-            targets = x.repeat(count, *[1] * (x.ndim - 1))  # (count * B, ...) as the outputs
-            recon = self.reconstruction_loss(decoder_output, targets).view(count, -1)
-            log_prior = self.log_prior(z)
+            recon = self.reconstruction_loss(decode_raw(z.flatten(0, 1)), targets).view(count, -1)
             log_posterior = gaussian_log_density(z.float(), mu.float(), logvar.float()).sum(-1)
-            log_weights.append(-recon + log_prior - log_posterior)
-            recons.append(recon)
-        return torch.cat(log_weights), torch.cat(recons), mu, logvar
+            return -recon + self.log_prior(z) - log_posterior, recon
+
+        log_weights, recons = importance_chunks(batch.inputs, num_samples, chunk_size, weigh)
+        return log_weights, recons, mu, logvar
 
     @torch.no_grad()
     def negative_log_likelihood(
