@@ -7,7 +7,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ae_lightning.autoencoders.vae import VAE, gaussian_kl, gaussian_log_density, reparameterize
+from ae_lightning.autoencoders.vae import (
+    VAE,
+    gaussian_kl,
+    gaussian_log_density,
+    importance_chunks,
+    reparameterize,
+)
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
 
@@ -75,8 +81,10 @@ class HVAE(VAE):
 
     `code(x)` is the posterior mean mu, `sample()` decodes prior draws, `anomaly_score` is the VAE's (the
     negative ELBO of q_0 with fixed noise: deterministic, and exportable, which a score through autograd
-    would not be), and `negative_log_likelihood` the VAE's importance-sampling estimate with q_0 as proposal:
-    still an upper bound on -log p(x) of this model (the flow is only a means of inference).
+    would not be), and `negative_log_likelihood` the importance-sampling estimate with the model's own
+    proposal, q_0 moved by the flow (as the paper's Table 2 and pythae): each draw's weight is the exponent of
+    its ELBO estimate above, whose mean is p(x) because the flow is a bijection of known volume change, so the
+    k-draw bound tightens to -log p(x) as k grows. Each draw costs a training step's K + 1 decoder passes.
 
     Args:
         n_leapfrog: K, leapfrog steps per sample.
@@ -186,6 +194,22 @@ class HVAE(VAE):
             - tempering_log_det(beta_zero, self.latent_dim)
         )
         return {"elbo": log_target - log_initial, "recon": recon, "kl": gaussian_kl(mu, logvar)}
+
+    def log_weights(
+        self, batch: Batch, num_samples: int, chunk_size: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The ELBO estimates of `num_samples` draws of the flow of each image (q_0, then K leapfrog steps),
+        the log importance weights of -log p(x): (num_samples, B); with the reconstruction terms at z_K
+        (num_samples, B), and mu and logvar (B, D) of q_0. The draws run `chunk_size` at a time, each chunk as
+        one batch of the images repeated."""
+        mu, logvar, _ = self.posterior(batch)
+
+        def weigh(count: int, targets: Tensor) -> tuple[Tensor, Tensor]:
+            terms = self.hamiltonian_elbo(Batch(targets))
+            return terms["elbo"].view(count, -1), terms["recon"].view(count, -1)
+
+        log_weights, recons = importance_chunks(batch.inputs, num_samples, chunk_size, weigh)
+        return log_weights, recons, mu, logvar
 
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
         terms = self.hamiltonian_elbo(batch)

@@ -15,7 +15,7 @@ from ae_lightning.autoencoders.rhvae_metric import (
     momentum_draw,
     momentum_log_density,
 )
-from ae_lightning.autoencoders.vae import gaussian_kl, gaussian_log_density, reparameterize
+from ae_lightning.autoencoders.vae import VAE, gaussian_kl, gaussian_log_density, reparameterize
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
 
@@ -107,8 +107,10 @@ class RHVAE(HVAE):
     network pass, and 2 (n_lf_fixed_point + 1) metric evaluations per leapfrog step, each O(B N D^2) (N:
     centroids).
 
-    `code(x)` is mu, `sample()` decodes prior draws, `anomaly_score` and `negative_log_likelihood` are the
-    VAE's with q_0 (deterministic and exportable), as for the HVAE.
+    `code(x)` is mu, `sample()` decodes prior draws, `anomaly_score` is the VAE's with q_0 (deterministic and
+    exportable), as for the HVAE. `negative_log_likelihood` is the VAE's with q_0 as proposal too, not the
+    HVAE's through the flow: the implicit half steps are solved by a few fixed-point iterations, so the flow
+    keeps volume only approximately and its weights would not bound -log p(x).
 
     Args:
         n_lf: K, generalised leapfrog steps per sample.
@@ -215,6 +217,12 @@ class RHVAE(HVAE):
         self.metric_cursor.add_(len(centroids)).remainder_(slots)
         self.metric_filled.add_(len(centroids)).clamp_(max=slots)
         self.metric_batch_size.fill_(batch_size)
+
+    def log_weights(
+        self, batch: Batch, num_samples: int, chunk_size: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The VAE's, from draws of q_0 (not the flow's: see the class's docstring)."""
+        return VAE.log_weights(self, batch, num_samples, chunk_size)
 
     def hamiltonian_elbo(self, batch: Batch) -> dict[str, Tensor]:
         """The one-sample RHVAE ELBO of each image with its parts: `elbo`, `recon` (at z_K) and `kl` (of
