@@ -18,6 +18,7 @@ TRAIN_IMAGES, BATCH_SIZE, EPOCHS, LEARNING_RATE, SEED = 60_000, 250, 2, 2e-3, 0
 #: another build of torch may train different weights, which are then used with a notice
 KNOWN_SHA256: dict[str, str] = {
     "MNIST": "39b584f64a2c30a7a077da53c5b21e1df6cd23d780948bb85e4af098fde8c238",
+    "FashionMNIST": "6c9586241943fd8d78e6fbd5e6018cf8565470455c7bde87fda4a397522f303e",
 }
 #: the size of the training file those digests were trained on (a smaller file trains other weights)
 KNOWN_TRAIN_SIZE = 60_000
