@@ -36,10 +36,20 @@ pytestmark = [
 
 
 def job_state(job: str) -> str:
-    """PENDING, RUNNING, ... or "" once the job has left the queue (no sacct here: squeue forgets it)."""
+    """PENDING, RUNNING, ... or "" once the job has left the queue (no sacct here: squeue forgets it).
+
+    A busy controller makes squeue fail with an empty output, which must not read as "finished": that
+    misreading once ended a CI run's wait early, and the test cancelled the requeued job before it restarted.
+    """
     command = ["squeue", "-h", "-j", job, "-o", "%T"]
-    squeue = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    return squeue.stdout.strip()
+    for _ in range(10):
+        squeue = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        if squeue.returncode == 0:
+            return squeue.stdout.strip()
+        if "Invalid job id" in squeue.stderr:
+            return ""
+        time.sleep(1)
+    raise AssertionError(f"squeue kept failing: {squeue.stderr.strip()}")
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -74,9 +84,19 @@ def test_sbatch_trains_two_ranks_and_resumes_after_requeue(tmp_path: Path) -> No
         time.sleep(2)
         subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
         wait_for(lambda: "restart 1" in log.read_text() or job_state(job) == "PENDING", 120, "the requeue")
-        # a requeued job waits ~2 minutes before it may start again; a test need not
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=30)
-        wait_for(lambda: job_state(job) == "", 240, "the requeued job to finish")
+
+        # a requeued job waits ~2 minutes before it may start again; a test need not (asked again while it
+        # pends: an update sent while the old step still completes may not hold)
+        def restarted() -> bool:
+            if "restart 1" in log.read_text():
+                return True
+            if job_state(job) == "PENDING":
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=30)
+            return False
+
+        wait_for(restarted, 240, "the requeued job to start")
+        finished = lambda: job_state(job) == "" and not time.sleep(2) and job_state(job) == ""  # noqa: E731
+        wait_for(finished, 240, "the requeued job to finish")
     finally:
         subprocess.run(["scancel", job], timeout=30)
     output = log.read_text()
