@@ -15,9 +15,12 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch.core.optimizer import do_nothing_closure
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from ae_lightning.autoencoders import OptimizedPart, SeveralOptimizers, take_part_gradients
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
 
@@ -58,11 +61,13 @@ def calls(num_batches: int, steps_per_call: int) -> int:
 
 
 def train_steps(module: "AutoencoderModule", batches: list[Batch]) -> Tensor:
-    """Up to K optimizer steps, one per batch, each exactly what one automatic step does (zero the
-    gradients, backward, step); stops at `max_steps`. Logs the means over the batches and returns the mean
-    loss (detached: the steps are taken)."""
+    """Up to K training iterations, one per batch, each exactly what one automatic step does (zero the
+    gradients, backward, step), or, for a model with several optimizers, one step of each optimizer due
+    (`autoencoders.take_part_gradients`); stops at `max_steps`. Logs the means over the batches and returns
+    the mean loss (detached: the steps are taken)."""
     trainer, model = module.trainer, module.model
-    optimizer = module.optimizers()
+    parts = module.model.checked_parts() if isinstance(model, SeveralOptimizers) else None
+    optimizers = module.optimizers()
     sums: dict[str, Tensor] = {}
     count = 0
     first_step = trainer.global_step
@@ -71,9 +76,12 @@ def train_steps(module: "AutoencoderModule", batches: list[Batch]) -> Tensor:
             break
         model.step = trainer.global_step
         terms = model.loss_terms(batch)
-        optimizer.zero_grad()
-        module.manual_backward(terms["loss"].mean())
-        optimizer.step()
+        if parts is None:
+            optimizers.zero_grad()
+            module.manual_backward(terms["loss"].mean())
+            optimizers.step()
+        else:
+            _step_parts(module, terms, parts, optimizers)
         for name, per_image in terms.items():
             sums[name] = sums.get(name, 0) + per_image.detach().sum()
         count += len(batch)
@@ -89,6 +97,34 @@ def train_steps(module: "AutoencoderModule", batches: list[Batch]) -> Tensor:
         module.log(name, mean, on_step=True, logger=False, batch_size=count)
     _log_by_optimizer_step(module, first_step, means)
     return means["train/loss"]
+
+
+def _step_parts(
+    module: "AutoencoderModule", terms: dict[str, Tensor], parts: Sequence[OptimizedPart], optimizers: list
+) -> None:
+    """One iteration of a model with several optimizers: each part due takes its gradient (averaged over
+    the processes under DDP, one all-reduce for all of them), then each steps through Lightning (clipping,
+    mixed precision). Lightning counts every `optimizer.step()` in `global_step`; the first step of the
+    iteration is counted, the others' counting hooks (`_on_before_step`, `_on_after_step`, which the manual
+    loop sets) are silenced, so `global_step` counts iterations."""
+    by_name = dict(zip((part.name for part in parts), optimizers, strict=True))
+    stepping = take_part_gradients(terms, parts, module.trainer.global_step)
+    if module.trainer.world_size > 1:
+        gradients = [parameter.grad for part in stepping for parameter in part.parameters]
+        flat = module.trainer.strategy.reduce(_flatten_dense_tensors(gradients), reduce_op="mean")
+        for gradient, mean in zip(gradients, _unflatten_dense_tensors(flat, gradients), strict=True):
+            gradient.copy_(mean)
+    for position, part in enumerate(stepping):
+        optimizer = by_name[part.name]
+        if position == 0:
+            optimizer.step()
+            continue
+        counting = optimizer._on_before_step, optimizer._on_after_step
+        optimizer._on_before_step = optimizer._on_after_step = do_nothing_closure
+        try:
+            optimizer.step()
+        finally:
+            optimizer._on_before_step, optimizer._on_after_step = counting
 
 
 def _log_by_optimizer_step(module: "AutoencoderModule", first_step: int, means: dict[str, Tensor]) -> None:
@@ -128,17 +164,19 @@ def clip_gradients(module: "AutoencoderModule", optimizer: torch.optim.Optimizer
         module.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
 
 
-def step_scheduler(module: "AutoencoderModule") -> None:
-    """At an epoch's end: steps the learning-rate scheduler where Lightning would (it leaves that to a
-    manually optimised module), a ReduceLROnPlateau one with `val/loss`."""
-    scheduler = module.lr_schedulers()
-    if scheduler is None:
-        return
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        if "val/loss" in module.trainer.callback_metrics:
-            scheduler.step(module.trainer.callback_metrics["val/loss"])
-    else:
-        scheduler.step()
+def step_schedulers(module: "AutoencoderModule") -> None:
+    """At an epoch's end: steps the learning-rate schedulers (one per optimizer that has one) where
+    Lightning would (it leaves that to a manually optimised module), a ReduceLROnPlateau one with
+    `val/loss`."""
+    schedulers = module.lr_schedulers()
+    for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+        if scheduler is None:
+            continue
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if "val/loss" in module.trainer.callback_metrics:
+                scheduler.step(module.trainer.callback_metrics["val/loss"])
+        else:
+            scheduler.step()
 
 
 class CallsWarning:

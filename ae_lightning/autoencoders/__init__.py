@@ -19,8 +19,11 @@ from ae_lightning.autoencoders.interface import (
     GaussianPosterior,
     Generative,
     LogLikelihood,
+    OptimizedPart,
     ReadsDatasetSize,
     Reconstructs,
+    SeveralOptimizers,
+    take_part_gradients,
 )
 from ae_lightning.autoencoders.iwae import CIWAE, IWAE, MIWAE
 from ae_lightning.autoencoders.msssim_vae import MSSSIMVAE
@@ -62,10 +65,13 @@ __all__ = [
     "Generative",
     "InfoVAE",
     "LogLikelihood",
+    "OptimizedPart",
     "PlanarFlowVAE",
     "PoincareVAE",
     "ReadsDatasetSize",
     "Reconstructs",
+    "SeveralOptimizers",
     "SparseAE",
     "VampVAE",
+    "take_part_gradients",
 ]

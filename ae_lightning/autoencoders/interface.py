@@ -5,10 +5,12 @@ LogLikelihood)`); callbacks and metrics ask `isinstance(model, Generative)`, nev
 """
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
@@ -118,3 +120,77 @@ class LogLikelihood(ABC):
     def reports_likelihood(self) -> bool:
         """Whether `test` estimates the NLL (the estimate is in nats only for a normalised likelihood)."""
         return self.nll_samples > 0
+
+
+@dataclass(frozen=True)
+class OptimizedPart:
+    """One optimizer of a model that trains with several (`SeveralOptimizers`): it steps `parameters` along
+    the gradient of the batch mean of `loss_terms(batch)[loss]`, at every `every`-th training iteration."""
+
+    #: the optimizer's name, as the config names it (`--model.optimizers`, `--model.lr_schedulers`)
+    name: str
+    parameters: tuple[nn.Parameter, ...]
+    #: the key of `loss_terms` whose batch mean this optimizer minimises
+    loss: str
+    #: steps at the iterations i with i % every == 0 (1: every iteration)
+    every: int = 1
+
+
+class SeveralOptimizers(ABC):
+    """A model trained with several optimizers, each stepping its own parameters on its own loss (a
+    discriminator against an autoencoder, an encoder and a decoder on different bounds).
+
+    One training iteration computes `loss_terms(batch)` once, then every part that steps takes the gradient
+    of its loss with respect to its own parameters only, all at the same weights, and then they all step
+    (the simultaneous update of pythae's coupled and adversarial trainers). `step` counts iterations,
+    however many optimizers stepped in one. A plain loop: see `take_part_gradients`.
+    """
+
+    @abstractmethod
+    def optimized_parts(self) -> tuple[OptimizedPart, ...]:
+        """The optimizers, in the order they step; every trainable parameter belongs to exactly one."""
+
+    def checked_parts(self) -> tuple[OptimizedPart, ...]:
+        """`optimized_parts()`, refused (ValueError: the model's code is wrong, not the config) unless the
+        names are distinct, the parameters are split with none left over, and one part steps every time."""
+        parts = self.optimized_parts()
+        names = [part.name for part in parts]
+        if len(set(names)) != len(names) or min((part.every for part in parts), default=0) != 1:
+            raise ValueError(f"{type(self).__name__}: parts need distinct names, one with every=1: {names}")
+        if any(part.every < 1 for part in parts):
+            raise ValueError(f"{type(self).__name__}: every must be at least 1")
+        owned = [id(parameter) for part in parts for parameter in part.parameters]
+        assert isinstance(self, nn.Module)
+        trainable = [id(parameter) for parameter in self.parameters() if parameter.requires_grad]
+        if len(set(owned)) != len(owned) or set(owned) != set(trainable):
+            raise ValueError(
+                f"{type(self).__name__}: each trainable parameter must be in one part of {names}"
+            )
+        return parts
+
+
+def take_part_gradients(
+    terms: dict[str, Tensor], parts: Sequence[OptimizedPart], iteration: int
+) -> list[OptimizedPart]:
+    """Sets the `.grad` of the parameters of each part that steps at `iteration` to the gradient of its
+    loss's batch mean (replacing, not adding to, what was there), and returns those parts.
+
+    Each gradient reaches only its own part's parameters: the others' `.grad` is left alone. A plain loop::
+
+        parts = model.checked_parts()
+        optimizers = {part.name: torch.optim.Adam(part.parameters) for part in parts}
+        for iteration, batch in enumerate(batches):
+            model.step = iteration
+            for part in take_part_gradients(model.loss_terms(batch), parts, iteration):
+                optimizers[part.name].step()
+    """
+    stepping = [part for part in parts if iteration % part.every == 0]
+    for position, part in enumerate(stepping):
+        loss = terms[part.loss].mean()
+        # all at the same weights: the graph is kept until the last part has its gradient
+        gradients = torch.autograd.grad(
+            loss, part.parameters, retain_graph=position < len(stepping) - 1, allow_unused=True
+        )
+        for parameter, gradient in zip(part.parameters, gradients, strict=True):
+            parameter.grad = torch.zeros_like(parameter) if gradient is None else gradient
+    return stepping

@@ -10,6 +10,8 @@ from ae_lightning.callbacks import PredictionWriter, PreemptionCheckpoint, Progr
 from ae_lightning.checkpoints import SafeCheckpointIO
 from ae_lightning.cli.resume import Checked
 from ae_lightning.errors import ConfigError
+from ae_lightning.models import AutoencoderModule
+from ae_lightning.models.optimization import check_precision
 from ae_lightning.multistep import take_gradient_clipping
 
 
@@ -30,6 +32,8 @@ def prepare_fit(trainer: Trainer, model: LightningModule) -> None:
     """Checks the optimizer's and scheduler's arguments by building them once (a bad `lr` would fail only
     after the run folder is written); with K steps per call the module clips gradients itself."""
     take_gradient_clipping(trainer, model)
+    if isinstance(model, AutoencoderModule):
+        check_precision(trainer, model.model)
     try:
         model.configure_optimizers()
     except (ValueError, TypeError, KeyError) as err:

@@ -1,35 +1,21 @@
 """The shared LightningModule: holds a torch autoencoder, its optimizer and scheduler, and runs the steps."""
 
-from functools import partial
 from typing import Any
 
 import torch
-from jsonargparse import Namespace
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from ae_lightning import multistep
-from ae_lightning.autoencoders import Autoencoder, Conditional, ReadsDatasetSize
+from ae_lightning.autoencoders import Autoencoder, Conditional, ReadsDatasetSize, SeveralOptimizers
 from ae_lightning.batch import Batch
 from ae_lightning.data.contract import AutoencoderDataModule
 from ae_lightning.evaluation import EvaluationMetric, Evaluator
 from ae_lightning.evaluation.one_class import DEFAULT_ANOMALY_QUANTILE
-from ae_lightning.lazy import import_object
+from ae_lightning.models import optimization
 from ae_lightning.models.checkpointing import CheckpointState
-
-#: the optimizer of every model unless its config says otherwise: Adam, lr 1e-3, fused (torch's one-kernel
-#: step for all parameters, the fastest for these models on a GPU and a CPU)
-DEFAULT_OPTIMIZER = Namespace(class_path="torch.optim.Adam", init_args=Namespace(lr=0.001, fused=True))
-
-
-def optimizer_callable(optimizer: OptimizerCallable | Namespace) -> OptimizerCallable:
-    """The optimizer as a callable of the parameters: the CLI gives one; a module built in Python with the
-    default gets `DEFAULT_OPTIMIZER`'s class and arguments."""
-    if not isinstance(optimizer, Namespace):
-        return optimizer
-    return partial(import_object(optimizer.class_path), **dict(optimizer.get("init_args") or {}))
+from ae_lightning.models.optimization import DEFAULT_OPTIMIZER
 
 
 class AutoencoderModule(CheckpointState, LightningModule):
@@ -41,10 +27,16 @@ class AutoencoderModule(CheckpointState, LightningModule):
             config changes what it must, e.g. `--model.optimizer.lr 0.01`).
         lr_scheduler: optional learning-rate scheduler, stepped every epoch; ReduceLROnPlateau watches
             `val/loss`.
+        optimizers: for a model that trains with several optimizers (a discriminator beside the
+            autoencoder: `autoencoders.SeveralOptimizers`), the optimizer of each, by the name the model
+            gives it (`--model.optimizers '{"discriminator": {"class_path": "torch.optim.SGD", ...}}'`); those
+            not named get their own `optimizer`.
+        lr_schedulers: the same for learning-rate schedulers: by name, else each its own `lr_scheduler`.
         steps_per_call: optimizer steps per Lightning training step (K). With K > 1 each training item
             holds K batches (the CLI tells the datamodule) and the module steps through them in one call, so
             Lightning's per-step work (hooks, logging, progress bar) runs once per K steps. A step is still
-            one optimizer step: `global_step`, `max_steps` and checkpoint names count optimizer steps, and K
+            one optimizer step (one iteration over all of a model's optimizers, when it has several):
+            `global_step`, `max_steps` and checkpoint names count these steps, and K
             steps in one call give the weights of K calls of one step. `train/*` is then the mean over a
             call's K batches, sent to the loggers after every call that passes a multiple of
             `log_every_n_steps` optimizer steps, and keyed (as validation is) by optimizer step.
@@ -62,6 +54,8 @@ class AutoencoderModule(CheckpointState, LightningModule):
         self,
         optimizer: OptimizerCallable = DEFAULT_OPTIMIZER,
         lr_scheduler: LRSchedulerCallable | None = None,
+        optimizers: dict[str, OptimizerCallable] | None = None,
+        lr_schedulers: dict[str, LRSchedulerCallable] | None = None,
         steps_per_call: int = 1,
         anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE,
         metrics: list[EvaluationMetric] | None = None,
@@ -73,12 +67,19 @@ class AutoencoderModule(CheckpointState, LightningModule):
         # saved as lists, the form YAML and the datamodule's hparams hold (Lightning requires equal values);
         # save_hyperparameters reads `model_args` from this frame
         model_args.update(image_shape=list(self.model.image_shape), value_range=list(self.model.value_range))
-        ignored = ["optimizer", "lr_scheduler", "metrics", *self.model.evaluation_arguments]
-        self.save_hyperparameters(ignore=ignored)
-        self.optimizer = optimizer_callable(optimizer)
+        ignored = ["optimizer", "lr_scheduler", "optimizers", "lr_schedulers", "metrics"]
+        self.save_hyperparameters(ignore=ignored + list(self.model.evaluation_arguments))
+        self.optimizer = optimization.optimizer_callable(optimizer)
         self.lr_scheduler = lr_scheduler
-        # K steps per call are taken by the module itself (Lightning's "manual optimization")
-        self.automatic_optimization = steps_per_call == 1
+        self.part_optimizers = {
+            name: optimization.optimizer_callable(given) for name, given in (optimizers or {}).items()
+        }
+        self.part_lr_schedulers = dict(lr_schedulers or {})
+        optimization.check_part_names(self.model, self.part_optimizers, "optimizers")
+        optimization.check_part_names(self.model, self.part_lr_schedulers, "lr_schedulers")
+        # K steps per call, and several optimizers, are taken by the module itself (Lightning's "manual
+        # optimization"): Lightning's automatic path drives one optimizer
+        self.automatic_optimization = steps_per_call == 1 and not isinstance(self.model, SeveralOptimizers)
         self.evaluator = Evaluator(self.model, anomaly_quantile, metrics or ())
         example = torch.zeros(2, *self.model.image_shape)
         # lets the model summary show input and output sizes
@@ -91,7 +92,9 @@ class AutoencoderModule(CheckpointState, LightningModule):
 
     def setup(self, stage: str) -> None:
         """A conditional model checks the range of the data's labels once, here, rather than in every step; a
-        model that reads the training set's size and was not given one takes it from the data."""
+        model that reads the training set's size and was not given one takes it from the data; a model with
+        several optimizers refuses 16-mixed."""
+        optimization.check_precision(self.trainer, self.model)
         datamodule = self.trainer.datamodule
         if not isinstance(datamodule, AutoencoderDataModule):
             return
@@ -115,7 +118,7 @@ class AutoencoderModule(CheckpointState, LightningModule):
     def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> Tensor:
         if self.automatic_optimization:
             return self._step(batch, "train")
-        return multistep.train_steps(self, batch)
+        return multistep.train_steps(self, batch if isinstance(batch, list) else [batch])
 
     def _step(self, batch: Batch, stage: str) -> Tensor:
         """Computes the loss terms of a batch, logs their means as `{stage}/{name}`, returns the loss."""
@@ -168,38 +171,14 @@ class AutoencoderModule(CheckpointState, LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if not self.automatic_optimization:
-            multistep.step_scheduler(self)
+            multistep.step_schedulers(self)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if not self.automatic_optimization:
             multistep.clip_gradients(self, optimizer)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
-        if self._clips_under_mixed_precision() and optimizer.defaults.get("fused"):
-            # Lightning refuses to clip in mixed precision with an optimizer whose fused step unscales the
-            # gradients itself (16-mixed: clipping would see them scaled), bf16 included
-            rank_zero_warn(
-                f"gradient clipping in {self.trainer.precision} precision: {type(optimizer).__name__} with "
-                "fused=False, as Lightning clips only an optimizer that is not fused there"
-            )
-            optimizer = type(optimizer)(self.parameters(), **{**optimizer.defaults, "fused": False})
-        if self.lr_scheduler is None:
-            return optimizer
-        scheduler = {"scheduler": self.lr_scheduler(optimizer)}
-        # with K steps per call the module steps it (multistep.step_scheduler), a plateau one on val/loss
-        if self.automatic_optimization:
-            scheduler["monitor"] = "val/loss"
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-    def _clips_under_mixed_precision(self) -> bool:
-        """Whether the trainer this module is attached to clips gradients in mixed precision."""
-        try:
-            trainer = self.trainer
-        except RuntimeError:  # not attached (the CLI's check of the optimizer's arguments)
-            return False
-        clips = bool(trainer.gradient_clip_val) or self.gradient_clipping is not None
-        return clips and "mixed" in str(trainer.precision)
+        return optimization.configure(self)
 
     # --- evaluation ---
 
