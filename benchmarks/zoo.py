@@ -60,6 +60,10 @@ CONFIGS = {
     "SVAE": "svae.yaml",
     "PoincareVAE": "poincare_vae.yaml",
     "HRQVAE": "hrqvae.yaml",
+    "FactorVAE": "factor_vae.yaml",
+    "AdversarialAE": "adversarial_ae.yaml",
+    "PIWAE": "piwae.yaml",
+    "VAEGAN": "vaegan.yaml",
 }
 PROTOCOL = ["--model.backbone=conv", "--model.hidden_dims=[32, 64]", "--model.latent_dim=16"]
 #: statically binarised MNIST, test NLL in nats: (pythae's benchmark, the paper)

@@ -5,8 +5,10 @@ to the single one, step for step. `cli.py` loads it as `--model tests.split_mode
 
 from typing import Any
 
+import torch
+
 from ae_lightning import autoencoders
-from ae_lightning.autoencoders import OptimizedPart, SeveralOptimizers
+from ae_lightning.autoencoders import OptimizedPart, SeveralOptimizers, take_part_gradients
 from ae_lightning.models import AutoencoderModule
 
 
@@ -41,3 +43,21 @@ class SplitAE(AutoencoderModule):
 
     def build_autoencoder(self, **model_args: Any) -> SplitAutoencoder:
         return SplitAutoencoder(**model_args)
+
+
+def train_in_parts(
+    model: Any, batch: Any, steps: int = 150, lr: float = 3e-3, same_noise: bool = True
+) -> None:
+    """`steps` iterations of a plain loop on one batch, one Adam per part of a model with several optimizers
+    (`take_part_gradients`); a model with one optimizer is one part, all its parameters on `loss`.
+    `same_noise`: every step draws the noise of the measurements before and after (seed 1)."""
+    parts = model.checked_parts() if isinstance(model, SeveralOptimizers) else None
+    if parts is None:
+        parts = (OptimizedPart("all", tuple(model.parameters()), "loss"),)
+    optimizers = {part.name: torch.optim.Adam(part.parameters, lr=lr) for part in parts}
+    for iteration in range(steps):
+        model.step = iteration
+        if same_noise:
+            torch.manual_seed(1)
+        for part in take_part_gradients(model.loss_terms(batch), parts, iteration):
+            optimizers[part.name].step()

@@ -1,6 +1,7 @@
 """Models that train with several optimizers (`autoencoders.SeveralOptimizers`): the battery of the single
 optimizer's path, on `tests.split_models.SplitAE` (the AE with its encoder and decoder stepped by two
-optimizers on the same loss), whose answer is known: stepped every iteration it trains as the AE does."""
+optimizers on the same loss), whose answer is known: stepped every iteration it trains as the AE does. K = 4,
+resume, bf16 and DDP run in the full suite only (the default run keeps under its 5 minutes)."""
 
 import csv
 import json
@@ -95,7 +96,7 @@ def test_parts_that_overlap_leave_parameters_out_or_never_all_step_are_refused()
         print(what, "refused")
 
 
-@pytest.mark.parametrize("steps_per_call", [1, 4])
+@pytest.mark.parametrize("steps_per_call", [1, pytest.param(4, marks=pytest.mark.slow)])
 def test_two_optimizers_train_as_one_through_the_trainer_with_k_steps_per_call(
     steps_per_call: int, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -126,6 +127,7 @@ def test_two_optimizers_train_as_one_through_the_trainer_with_k_steps_per_call(
     assert logged == ([1, 3, 5, 7, 9] if steps_per_call == 1 else [3, 8, 9])
 
 
+@pytest.mark.slow
 def test_a_part_stepping_every_other_iteration_resumes_exactly_with_a_scheduler_per_optimizer(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -208,6 +210,7 @@ def test_a_model_with_one_optimizer_refuses_optimizers_by_name(data_dir: Path, i
     )
 
 
+@pytest.mark.slow
 def test_bf16_trains_both_optimizers(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """bf16-mixed: the split model takes the AE's bf16 steps (the same autocast, the same gradients)."""
     flags = [*tiny(data_dir), *SGD, "--trainer.precision=bf16-mixed"]

@@ -42,12 +42,17 @@ SETTINGS: dict[str, dict] = {
     "SVAE": {"beta": 2.0, "kl_warmup_steps": 10, "nll_samples": 20},
     "HRQVAE": {"codebook_size": 16, "code_dim": 2, "kl_weight": 0.1, "dead_code_threshold": 0.05},
     "PoincareVAE": {"posterior": "riemannian", "curvature": 0.7, "kl_warmup_steps": 10, "nll_samples": 20},
+    "FactorVAE": {"discriminator_dims": [32]},
+    "AdversarialAE": {"discriminator_dims": [32]},
+    "PIWAE": {"num_samples": 2, "num_estimates": 2},
+    "VAEGAN": {"feature_size": 16, "gamma": 0.5},
     "RHVAE": {"n_lf": 1, "beta_zero": 0.5, "metric_hidden_dims": [16], "num_centroids": 32},
 }
 #: further cases of a variant: (variant, test id suffix, settings)
 EXTRA_CASES: list[tuple[str, str, dict]] = [
     ("VAE", "beta", {"beta": 4.0, "kl_warmup_steps": 10}),
     ("RAE", "l2", {"regularization": "l2"}),
+    ("VAEGAN", "minimax", {"feature_size": 16, "generator_loss": "minimax"}),
     ("PoincareVAE", "wrapped", {"posterior": "wrapped", "prior_std": 0.8, "beta": 2.0, "nll_samples": 20}),
 ]
 

@@ -180,3 +180,35 @@ class RHVAE(AutoencoderModule):
 
     def build_autoencoder(self, **model_args: Any) -> autoencoders.RHVAE:
         return autoencoders.RHVAE(**model_args)
+
+
+class FactorVAE(AutoencoderModule):
+    """FactorVAE (`autoencoders.FactorVAE`): a VAE penalising the total correlation of its codes, estimated by
+    a discriminator that trains with its own optimizer (`--model.optimizers.discriminator`)."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.FactorVAE:
+        return autoencoders.FactorVAE(**model_args)
+
+
+class AdversarialAE(AutoencoderModule):
+    """The adversarial autoencoder (`autoencoders.AdversarialAE`): a code discriminator, with its own
+    optimizer, pulls the codes to the prior."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.AdversarialAE:
+        return autoencoders.AdversarialAE(**model_args)
+
+
+class PIWAE(AutoencoderModule):
+    """The partially importance-weighted autoencoder (`autoencoders.PIWAE`): the encoder and the decoder,
+    each with its optimizer, on the MIWAE and the IWAE bound."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.PIWAE:
+        return autoencoders.PIWAE(**model_args)
+
+
+class VAEGAN(AutoencoderModule):
+    """VAE/GAN (`autoencoders.VAEGAN`): reconstruction in a discriminator's features; encoder, decoder and
+    discriminator each with an optimizer."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.VAEGAN:
+        return autoencoders.VAEGAN(**model_args)
