@@ -1,8 +1,10 @@
 """Writing a file so that no reader ever sees part of it, and a failed write is one clear error."""
 
 import errno
+import hashlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -97,3 +99,36 @@ def folder_lock(folder: str | Path, create: bool = True) -> Iterator[None]:
         if handle is not None:
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read in blocks (a checkpoint's, to name what was made from it)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def new_folder(output: str | Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden temporary folder beside `output` to write into; when the block ends without an error it
+    replaces `output` in one rename, so `output` holds all of the new files or none. An existing `output`
+    is refused (ConfigError) unless `overwrite`; an OSError becomes a WriteError naming the folder."""
+    from ae_lightning.errors import ConfigError
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ConfigError(f"--output {output} exists: give another folder, or --overwrite true to replace it")
+    temp = output.parent / f".{output.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        temp.mkdir(parents=True)
+        yield temp
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(temp, output)
+    except OSError as err:
+        raise write_error(err, None, output.parent) from err
+    finally:
+        with suppress(OSError):
+            shutil.rmtree(temp)

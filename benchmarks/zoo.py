@@ -14,6 +14,10 @@
                draw, kept: --data.binarize static), test/nll beside pythae's published numbers (approximate:
                not Larochelle's fixed files, and far fewer epochs than the papers).
 
+  --samplers   after the test, the FID (10,000 samples against the test split, `sample --fid true`) of each
+               post-hoc sampler the model can use (ae_lightning.samplers; `--samplers none` skips them, or
+               name some): a second table, one column per sampler.
+
 Each model runs in a process of its own (its peak memory is its own), and the JSON (benchmarks/results/
 zoo.json or zoo_binarized.json, or --out) is written after each: a sweep stopped half-way resumes where it
 stopped. The table is printed as markdown at the end.
@@ -114,6 +118,30 @@ def peak_memory_mb() -> float:
     return float("nan")
 
 
+def sampler_fids(name: str, config: str, args: argparse.Namespace, extra: list[str]) -> dict[str, float]:
+    """The FID of 10,000 samples of each sampler in `args.samplers` that the model just fitted (in this
+    folder) can use, through `cli.py sample --fid true`; the seconds each took beside."""
+    import ae_lightning.models
+    from ae_lightning.cli import main as cli_main
+    from ae_lightning.samplers import SAMPLERS
+    from benchmarks.evaluation import cli_args
+
+    (last,) = Path("runs").glob("*/version_0/checkpoints/last.ckpt")
+    model = getattr(ae_lightning.models, name).load_from_checkpoint(last, map_location="cpu").model
+    fids = {}
+    for sampler in args.samplers:
+        if SAMPLERS[sampler].refusal(model) is not None:
+            continue
+        start = time.perf_counter()
+        command = ["sample", *cli_args(config, args, *extra), f"--ckpt_path={last}", f"--sampler={sampler}",
+                   "--num_samples=10000", "--fid=true", f"--output=samples_{sampler}"]  # fmt: skip
+        cli_main(command)
+        report = json.loads(Path(f"samples_{sampler}/sample.json").read_text())
+        fids[f"fid_{sampler}"] = report["generation"]["fid"]
+        fids[f"seconds_{sampler}"] = time.perf_counter() - start
+    return fids
+
+
 def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Fits and tests one model in this process; its numbers."""
     from benchmarks.evaluation import fit_and_test
@@ -125,12 +153,22 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:  # the run's folder, thrown away
         os.chdir(folder)
         metrics, seconds = fit_and_test(config, args, *extra)
+        metrics |= sampler_fids(name, config, args, extra)
     return {
         **metrics,
         "seconds": seconds,
         "fit_seconds_per_epoch": metrics["fit_seconds"] / args.epochs,
         "peak_mb": peak_memory_mb(),
     }
+
+
+def sampler_table(results: dict[str, dict[str, Any]], samplers: list[str]) -> str:
+    """The FID of each sampler a model can use (— where it cannot, or was not run), as markdown."""
+    lines = ["| model | " + " | ".join(samplers) + " |", "| --- " * (len(samplers) + 1) + "|"]
+    for name, row in results.items():
+        cells = [f"{row[f'fid_{s}']:.2f}" if f"fid_{s}" in row else "—" for s in samplers]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(results: dict[str, dict[str, Any]], binarized: bool) -> str:
@@ -164,10 +202,19 @@ def main() -> None:
     parser.add_argument(
         "--extra", action="append", default=[], help="a cli.py flag for every fit, repeatable"
     )
+    parser.add_argument(
+        "--samplers", nargs="+", default=None, help="the samplers measured (default: all; `none`: no sampler)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="the JSON (default benchmarks/results/)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child process: one model, JSON out
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
+    from ae_lightning.samplers import SAMPLERS
+
+    args.samplers = [] if args.samplers == ["none"] else (args.samplers or list(SAMPLERS))
+    unknown = sorted(set(args.samplers) - set(SAMPLERS))
+    if unknown:
+        sys.exit(f"error: --samplers {unknown}: no such sampler; choose from {list(SAMPLERS)} or none")
     if args.one is not None:
         print("ZOO " + json.dumps(run_one(args.one, args)), flush=True)
         return
@@ -207,6 +254,8 @@ def main() -> None:
             f"--val-size={args.val_size}",
             *(["--binarized"] if args.binarized else []),
             *[f"--extra={flag}" for flag in args.extra],
+            "--samplers",
+            *(args.samplers or ["none"]),
         ]
         done = subprocess.run(child, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("ZOO ")]
@@ -218,6 +267,8 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
     print(table(report["results"], args.binarized))
+    if args.samplers:
+        print(sampler_table(report["results"], args.samplers))
     print(f"written {out}")
 
 

@@ -597,7 +597,8 @@ def test_the_zoo_benchmark_runs_every_model_under_its_protocol_and_resumes(
     out = tmp_path / "zoo.json"
     command = [sys.executable, str(REPO / "benchmarks" / "zoo.py"), f"--data-dir={data_dir}", "--epochs=1",
                "--nll-samples=5", f"--val-size={VAL_SIZE}", "--models", "VAE", "WAE", f"--out={out}",
-               "--extra=--data.batch_size=16", "--extra=--trainer.accelerator=cpu"]  # fmt: skip
+               "--extra=--data.batch_size=16", "--extra=--trainer.accelerator=cpu",
+               "--samplers", "normal", "gmm", "vamp"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
@@ -606,6 +607,9 @@ def test_the_zoo_benchmark_runs_every_model_under_its_protocol_and_resumes(
     )
     assert "test/nll" not in results["WAE"] and results["WAE"]["fit_seconds_per_epoch"] > 0
     assert "| VAE |" in done.stdout and "| model | MSE | NLL | FID |" in done.stdout
+    # a sampler column where the model can use it (vamp: neither has a VampPrior)
+    assert {key for key in results["WAE"] if key.startswith("fid_")} == {"fid_normal", "fid_gmm"}
+    assert "| model | normal | gmm | vamp |" in done.stdout
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert "done before, kept" in again.stdout and json.loads(out.read_text())["results"] == results
     other = subprocess.run(

@@ -15,6 +15,8 @@ from ae_lightning.nets import DEFAULT_HIDDEN_DIMS, Backbone, build_decoder, buil
 from ae_lightning.value_range import check_value_range
 
 Likelihood = Literal["gaussian", "bernoulli"]
+#: where a model's codes live (`Autoencoder.latent_space`)
+LatentSpace = Literal["euclidean", "sphere", "poincare_ball", "discrete"]
 
 
 class Autoencoder(nn.Module, Reconstructs):
@@ -41,6 +43,9 @@ class Autoencoder(nn.Module, Reconstructs):
     #: arguments that set only how the model is evaluated, not what it learns (kept out of a checkpoint's
     #: hyperparameters, so `test --model.<name> N --ckpt_path X` uses N)
     evaluation_arguments: tuple[str, ...] = ()
+    #: where the codes live: R^D, the unit sphere, the Poincaré ball, or codebook entries. A sampler fitted
+    #: on codes (`ae_lightning.samplers`) asks for R^D; the models whose codes live elsewhere declare it
+    latent_space: LatentSpace = "euclidean"
 
     def __init__(
         self,

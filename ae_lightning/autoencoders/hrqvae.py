@@ -4,6 +4,7 @@ import math
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ae_lightning.autoencoders.base import Autoencoder
@@ -72,6 +73,8 @@ class HRQVAE(Autoencoder, DiscreteCode):
         **kwargs: the arguments of `Autoencoder`.
     """
 
+    latent_space = "discrete"
+
     def __init__(
         self,
         codebook_size: int = 64,
@@ -126,6 +129,7 @@ class HRQVAE(Autoencoder, DiscreteCode):
         self.codebook_size = num_levels * codebook_size  # what `codes` numbers: every level's entries
         self.code_dim = code_dim
         self.num_levels = num_levels
+        self.code_length = self.latent_dim // code_dim * num_levels
         self.commitment_cost = commitment_cost
         self.temperature = temperature
         self.min_temperature = min_temperature
@@ -180,6 +184,15 @@ class HRQVAE(Autoencoder, DiscreteCode):
         indices = self.quantizer.choose(z.reshape(-1, self.code_dim))[0]  # (B * vectors, num_levels)
         offsets = torch.arange(self.num_levels, device=indices.device) * self.entries_per_level
         return (indices + offsets).reshape(z.shape[0], -1)
+
+    def code_of(self, indices: Tensor) -> Tensor:
+        """The code of entries numbered as `codes` numbers them, (B, vectors * num_levels) -> (B, latent_dim):
+        each vector the sum of its levels' entries, as `code` sums them (in float32)."""
+        with torch.autocast(indices.device.type, enabled=False):
+            # every level's codebook one after the other: row (l - 1) * entries_per_level + k is level l's k
+            table = torch.cat([level.codebook.float() for level in self.quantizer.levels])
+            entries = F.embedding(indices, table).reshape(-1, self.num_levels, self.code_dim)
+            return entries.sum(1).reshape(indices.shape[0], -1)
 
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
         quantized = self.quantize(self.encoder(batch.inputs), training=self.training)

@@ -40,13 +40,21 @@ class GaussianPosterior(ABC):
 
 class DiscreteCode(ABC):
     """A model whose code is a choice among `codebook_size` entries (vector quantisation). The code-usage
-    statistic reads it."""
+    statistic reads it; the pixelcnn sampler (`samplers/pixelcnn.py`) draws `codes` and decodes their
+    `code_of`."""
 
     codebook_size: int
+    #: the entries `codes` gives per input
+    code_length: int
 
     @abstractmethod
     def codes(self, x: Tensor) -> Tensor:
-        """The chosen entry of each code vector of each input, (B, vectors per input) int64."""
+        """The chosen entry of each code vector of each input, (B, code_length) int64."""
+
+    @abstractmethod
+    def code_of(self, indices: Tensor) -> Tensor:
+        """The code `decode` takes for chosen entries: (B, code_length) int64 -> (B, latent_dim), so that
+        `code_of(codes(x))` is `code(x)` exactly."""
 
 
 class Generative(ABC):

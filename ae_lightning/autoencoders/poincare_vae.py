@@ -75,6 +75,8 @@ class PoincareVAE(Autoencoder, Generative, LogLikelihood):
         **kwargs: the arguments of `Autoencoder`.
     """
 
+    latent_space = "poincare_ball"
+
     evaluation_arguments = ("nll_samples",)
 
     def __init__(

@@ -167,6 +167,8 @@ class SVAE(Autoencoder, Generative, LogLikelihood):
         **kwargs: the arguments of `Autoencoder`; latent_dim >= 2.
     """
 
+    latent_space = "sphere"
+
     evaluation_arguments = ("nll_samples",)
 
     def __init__(

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from ae_lightning.autoencoders.base import Autoencoder
@@ -31,6 +32,8 @@ class VQVAE(Autoencoder, DiscreteCode):
             average of uses per step) are moved onto random encoder vectors of the current batch.
         **kwargs: the arguments of `Autoencoder`.
     """
+
+    latent_space = "discrete"
 
     def __init__(
         self,
@@ -62,6 +65,7 @@ class VQVAE(Autoencoder, DiscreteCode):
             )
         self.codebook_size = codebook_size
         self.code_dim = code_dim
+        self.code_length = self.latent_dim // code_dim
         self.commitment_cost = commitment_cost
         self.quantizer = VectorQuantizer(codebook_size, code_dim, ema_decay, dead_code_threshold)
 
@@ -78,12 +82,18 @@ class VQVAE(Autoencoder, DiscreteCode):
         )
 
     def code(self, x: Tensor) -> Tensor:
-        """The quantised code, (B, latent_dim)."""
-        return self.quantize(self.encoder(x)).codes
+        """The quantised code: the chosen entries, concatenated, (B, latent_dim)."""
+        # the entries themselves, not the straight-through z + (e - z), which rounds away from e: a code
+        # drawn as indices (`code_of`) decodes exactly as the image's own
+        return self.code_of(self.codes(x))
 
     def codes(self, x: Tensor) -> Tensor:
         """Codebook indices of each image, (B, latent_dim / code_dim)."""
         return self.quantize(self.encoder(x)).indices
+
+    def code_of(self, indices: Tensor) -> Tensor:
+        """The entries of indices (B, latent_dim / code_dim), concatenated: (B, latent_dim)."""
+        return F.embedding(indices, self.quantizer.codebook).reshape(indices.shape[0], -1)
 
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
         quantized = self.quantize(self.encoder(batch.inputs), update=self.training)

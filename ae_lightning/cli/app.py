@@ -100,9 +100,9 @@ class AutoencoderCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """Lightning's subcommands, without their `weights_only` argument (checkpoints are always read as
-        data only: `checkpoints.SafeCheckpointIO`), and `export` (`export.AutoencoderTrainer.export`)."""
+        data only: `checkpoints.SafeCheckpointIO`), `export` and `sample` (`export.AutoencoderTrainer`)."""
         commands = {name: {*skipped, "weights_only"} for name, skipped in LightningCLI.subcommands().items()}
-        return {**commands, "export": {"model", "datamodule"}}
+        return {**commands, "export": {"model", "datamodule"}, "sample": {"model", "datamodule"}}
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
@@ -120,8 +120,8 @@ class AutoencoderCLI(LightningCLI):
         torch.set_float32_matmul_precision(config.get("float32_matmul_precision") or "highest")
         if subcommand:
             check_gpu_binding(config.trainer.get("accelerator"))
-        # an export writes its own folder (--output), not a run
-        if subcommand and subcommand != "export" and rank_zero_only.rank == 0:
+        # an export or a sample writes its own folder (--output), not a run
+        if subcommand and subcommand not in ("export", "sample") and rank_zero_only.rank == 0:
             self.state.new_run_folder = NewRunFolder(self.config[subcommand].trainer)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

@@ -1,14 +1,19 @@
 """`cli.py export`: LightningCLI's commands are the Trainer's methods, so the Trainer gets one more."""
 
-import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from ae_lightning.errors import ConfigError
 from ae_lightning.export.writer import Format, export_model
+from ae_lightning.files import file_sha256
+
+#: what `sample --sampler` takes (`ae_lightning.samplers.SAMPLERS`)
+SamplerName = Literal[
+    "normal", "gmm", "two_stage", "maf", "iaf", "pixelcnn", "vamp", "hypersphere", "poincare", "rhvae"
+]
 
 
 class AutoencoderTrainer(Trainer):
@@ -39,17 +44,9 @@ class AutoencoderTrainer(Trainer):
             output: the folder to write; an existing one is refused unless `overwrite`.
             overwrite: replace an existing `output` folder.
         """
-        if ckpt_path is None:
-            raise ConfigError("export needs --ckpt_path (a checkpoint file, or `last` for the newest run's)")
-        checkpoint = self.strategy.checkpoint_io.load_checkpoint(ckpt_path)
-        if "state_dict" not in checkpoint:
-            raise ConfigError(
-                f"--ckpt_path {ckpt_path} holds no weights (no state_dict): export a training checkpoint"
-            )
-        model.on_load_checkpoint(checkpoint)
-        model.load_state_dict(checkpoint["state_dict"])
+        self._load_weights(model, ckpt_path, "export")
         extra: dict[str, Any] = {
-            "checkpoint": {"path": str(ckpt_path), "sha256": _sha256(Path(ckpt_path))},
+            "checkpoint": {"path": str(ckpt_path), "sha256": file_sha256(ckpt_path)},
             "data": _data_description(datamodule),
         }
         binarized = bool(extra["data"].get("binarize"))
@@ -59,13 +56,71 @@ class AutoencoderTrainer(Trainer):
         rank_zero_info(f"Exported the encoder, decoder and scorer ({format}) of {ckpt_path} to {written}")
         return written
 
+    def sample(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        sampler: SamplerName = "normal",
+        num_samples: int = 64,
+        output: str = "samples",
+        fid: bool = False,
+        seed: int = 0,
+        sampler_options: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Generate images from a checkpoint's model with a post-hoc sampler.
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        Writes `grid.png` (the first 64 samples), `samples.npz` (`images` in the data's range, `codes`) and
+        `sample.json` (what was drawn, and with `fid` the FID, precision and recall) into the folder
+        `output`. A sampler that is fitted (gmm) is fitted on the codes of the training split and saved
+        beside the checkpoint as `sampler-<name>-<checkpoint SHA-256>.pt`, reused by later calls on the
+        same checkpoint with the same options.
+
+        Args:
+            model: the LightningModule of the config (its weights come from `ckpt_path`).
+            datamodule: the config's datamodule (training codes to fit on, test images for the FID).
+            ckpt_path: the checkpoint: a path, or `last` (the newest run's last.ckpt).
+            sampler: `normal` (N(0, I) codes), `gmm` (a Gaussian mixture fitted on the codes), `two_stage`
+                (a second VAE fitted on the codes), `maf` or `iaf` (a masked or inverse autoregressive flow
+                fitted on the codes), `vamp` (a
+                VampVAE's prior), `hypersphere` (uniform on the sphere: SVAE), `poincare` (a PoincareVAE's
+                prior), `rhvae` (HMC on an RHVAE's learnt metric), `pixelcnn` (an autoregressive prior fitted
+                on the codebook indices of a VQVAE or HRQVAE).
+            num_samples: images to draw.
+            output: the folder to write; an existing one is refused unless `overwrite`.
+            fid: also measure the samples' FID against the test split (the data's feature classifier, as
+                `test/fid`; 10,000 samples compare with the models' `test/fid`).
+            seed: seeds the draws (the same seed, the same samples).
+            sampler_options: the sampler's own arguments, e.g. `{"num_components": 20}` for gmm.
+            overwrite: replace an existing `output` folder.
+        """
+        from ae_lightning.samplers import SAMPLERS
+        from ae_lightning.samplers.run import sample_checkpoint
+
+        path = self._load_weights(model, ckpt_path, "sample")
+        autoencoder = model.model.to(self.strategy.root_device).eval()
+        written = sample_checkpoint(
+            autoencoder, datamodule, path, SAMPLERS[sampler], dict(sampler_options or {}), num_samples,
+            Path(output), fid, seed, overwrite,
+        )  # fmt: skip
+        rank_zero_info(f"Drew {num_samples} samples of {ckpt_path} with the {sampler} sampler into {written}")
+        return written
+
+    def _load_weights(self, model: LightningModule, ckpt_path: str | None, command: str) -> Path:
+        """Loads a checkpoint's weights (and threshold) into `model`; the checkpoint's path."""
+        if ckpt_path is None:
+            raise ConfigError(
+                f"{command} needs --ckpt_path (a checkpoint file, or `last` for the newest run's)"
+            )
+        checkpoint = self.strategy.checkpoint_io.load_checkpoint(ckpt_path)
+        if "state_dict" not in checkpoint:
+            raise ConfigError(
+                f"--ckpt_path {ckpt_path} holds no weights (no state_dict): {command} a training checkpoint"
+            )
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"])
+        return Path(ckpt_path)
 
 
 def _data_description(datamodule: LightningDataModule | None) -> dict[str, Any]:

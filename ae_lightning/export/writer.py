@@ -3,11 +3,7 @@ not at all."""
 
 import copy
 import json
-import os
-import secrets
-import shutil
 import warnings
-from contextlib import suppress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +12,7 @@ import torch
 from ae_lightning.autoencoders import Autoencoder, Conditional
 from ae_lightning.errors import ConfigError
 from ae_lightning.export.graphs import NAMES, Graph, graphs
-from ae_lightning.files import write_error
+from ae_lightning.files import new_folder
 
 Format = Literal["onnx", "torchscript"]
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -101,26 +97,14 @@ def export_model(
     if format == "onnx":
         require_onnx()
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise ConfigError(f"--output {output} exists: give another folder, or --overwrite true to replace it")
     model = copy.deepcopy(model).cpu().float().eval()
-    temp = output.parent / f".{output.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        temp.mkdir(parents=True)
+    with new_folder(output, overwrite) as temp:
         files = {}
         for name, graph in graphs(model, threshold, binarized=binarized).items():
             files[name] = f"{name}{SUFFIXES[format]}"
             (to_onnx if format == "onnx" else to_torchscript)(graph, temp / files[name])
         description = {**describe(model, threshold, files, binarized), "format": format, **(extra or {})}
         (temp / "model.json").write_text(json.dumps(description, indent=2) + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(temp, output)
-    except OSError as err:
-        raise write_error(err, None, output.parent) from err
-    finally:
-        with suppress(OSError):
-            shutil.rmtree(temp)
     return output
 
 
