@@ -65,6 +65,18 @@ class ScorerGraph(_Part):
         return score, score > self.threshold
 
 
+class SamplerGraph(nn.Module):
+    """noise (B, noise_size), independent N(0, 1) numbers -> latent (B, latent_dim): a post-hoc sampler's
+    draw (`Sampler.codes_from_noise`), for the decoder graph to turn into images."""
+
+    def __init__(self, sampler: nn.Module, model: Autoencoder) -> None:
+        super().__init__()
+        self.sampler, self.model = sampler, model
+
+    def forward(self, noise: Tensor) -> Tensor:
+        return self.sampler.codes_from_noise(self.model, noise).float()
+
+
 #: the names of each graph's inputs (before a conditional model's `labels`) and outputs
 NAMES = {
     "encoder": (["inputs"], ["latent"]),

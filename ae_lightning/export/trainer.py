@@ -29,6 +29,7 @@ class AutoencoderTrainer(Trainer):
         format: Format = "onnx",
         output: str = "exported",
         overwrite: bool = False,
+        samplers: list[SamplerName] | None = None,
     ) -> Path:
         """Export a checkpoint's model: its encoder, decoder and anomaly scorer in ONNX or TorchScript.
 
@@ -43,15 +44,25 @@ class AutoencoderTrainer(Trainer):
             format: `onnx` (needs `pip install -e ".[export]"`) or `torchscript`.
             output: the folder to write; an existing one is refused unless `overwrite`.
             overwrite: replace an existing `output` folder.
+            samplers: post-hoc samplers to ship with the decoder (`sample --sampler`), each as a graph
+                `sampler_<name>` from N(0, 1) noise to codes (`model.json` says its noise size and how to
+                decode): normal, gmm, two_stage, maf, iaf, hypersphere; a fitted one as `sample` fitted it
+                for this checkpoint.
         """
-        self._load_weights(model, ckpt_path, "export")
+        path = self._load_weights(model, ckpt_path, "export")
         extra: dict[str, Any] = {
             "checkpoint": {"path": str(ckpt_path), "sha256": file_sha256(ckpt_path)},
             "data": _data_description(datamodule),
         }
         binarized = bool(extra["data"].get("binarize"))
+        shipped = {}
+        if samplers:
+            from ae_lightning.samplers.run import exportable
+
+            digest = extra["checkpoint"]["sha256"]
+            shipped = {name: exportable(name, model.model, path, digest) for name in dict.fromkeys(samplers)}
         written = export_model(
-            model.model, format, output, model.anomaly_threshold, extra, overwrite, binarized
+            model.model, format, output, model.anomaly_threshold, extra, overwrite, binarized, shipped
         )
         rank_zero_info(f"Exported the encoder, decoder and scorer ({format}) of {ckpt_path} to {written}")
         return written

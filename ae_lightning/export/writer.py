@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from ae_lightning.autoencoders import Autoencoder, Conditional
 from ae_lightning.errors import ConfigError
-from ae_lightning.export.graphs import NAMES, Graph, graphs
+from ae_lightning.export.graphs import NAMES, Graph, SamplerGraph, graphs
 from ae_lightning.files import new_folder
 
 Format = Literal["onnx", "torchscript"]
@@ -87,9 +88,12 @@ def export_model(
     extra: dict[str, Any] | None = None,
     overwrite: bool = False,
     binarized: bool = False,
+    samplers: dict[str, nn.Module] | None = None,
 ) -> Path:
     """Writes `encoder`, `decoder` and `scorer` of `model` (a float32 CPU copy, in eval mode) in `format`,
-    each with a dynamic batch dimension, and `model.json` (`describe` plus `extra`) into the folder `output`.
+    each with a dynamic batch dimension, and `model.json` (`describe` plus `extra`) into the folder `output`;
+    each of `samplers` (`ae_lightning.samplers`, by name) as `sampler_<name>`, noise -> latent, described in
+    `model.json` under `samplers`.
     `binarized`: the model was trained on binarised images (the graphs threshold the pixels). An existing
     `output` is refused unless `overwrite`; the folder is written beside it and renamed."""
     if format not in SUFFIXES:
@@ -103,7 +107,24 @@ def export_model(
         for name, graph in graphs(model, threshold, binarized=binarized).items():
             files[name] = f"{name}{SUFFIXES[format]}"
             (to_onnx if format == "onnx" else to_torchscript)(graph, temp / files[name])
+        described = {}
+        for name, sampler in (samplers or {}).items():
+            sampler = copy.deepcopy(sampler).cpu().eval()
+            files[f"sampler_{name}"] = f"sampler_{name}{SUFFIXES[format]}"
+            noise = torch.zeros(2, sampler.noise_size())
+            graph = Graph(SamplerGraph(sampler, model), (noise,), ["noise"], ["latent"])
+            (to_onnx if format == "onnx" else to_torchscript)(graph, temp / files[f"sampler_{name}"])
+            described[name] = {
+                "file": files[f"sampler_{name}"],
+                "inputs": {"noise": [sampler.noise_size()], "distribution": "independent N(0, 1) numbers"},
+                "outputs": {"latent": [model.latent_dim]},
+                "how": f"latent = sampler_{name}(noise); images = decoder(latent), in value_range",
+                "options": sampler.options(),
+                "parameters": sampler.exported_parameters(),
+            }
         description = {**describe(model, threshold, files, binarized), "format": format, **(extra or {})}
+        if described:
+            description["samplers"] = described
         (temp / "model.json").write_text(json.dumps(description, indent=2) + "\n")
     return output
 

@@ -1,7 +1,7 @@
 """What every post-hoc sampler is: codes drawn for a trained model's decoder, from its prior or from a
 distribution fitted to the codes of the training images (plain PyTorch, no Lightning)."""
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ae_lightning.autoencoders import Autoencoder, Conditional, Reconstructs
+from ae_lightning.nets.sampling import standard_normal
 
 #: what `fit` calls after each unit of its work (done, total), for a progress bar
 Progress = Callable[[int, int], None]
@@ -79,12 +80,32 @@ class Sampler(nn.Module, ABC):
         """Learns the distribution of the training images' codes (`encode` of every training image, (N, ...),
         on one device), deterministically; a sampler that is not `fitted` has nothing to learn."""
 
-    @abstractmethod
+    def noise_size(self) -> int | None:
+        """How many independent N(0, 1) numbers `codes_from_noise` maps to one code (None: it draws otherwise,
+        and cannot be exported)."""
+        return None
+
+    def codes_from_noise(self, model: Autoencoder, noise: Tensor) -> Tensor:
+        """N(0, 1) noise (B, noise_size) -> codes (B, latent_dim), deterministically: how it draws, and what
+        its exported graph computes."""
+        raise NotImplementedError(f"the {self.name} sampler does not draw from noise alone")
+
     def sample_codes(
         self, model: Autoencoder, num_samples: int, generator: torch.Generator | None = None
     ) -> Tensor:
-        """`num_samples` codes, (num_samples, latent_dim), on the model's device; `generator` (a CPU
-        generator) makes them repeatable."""
+        """`num_samples` codes, (num_samples, latent_dim) float32, on the model's device; `generator` (a CPU
+        generator) makes them repeatable. By default `codes_from_noise` of N(0, 1) draws."""
+        size = self.noise_size()
+        assert size is not None, f"{type(self).__name__} draws neither from noise nor otherwise"
+        where = next(self.buffers(), None)
+        device = where.device if where is not None else model.device
+        noise = standard_normal((num_samples, size), generator, device, torch.float32)
+        return self.codes_from_noise(model, noise).to(model.device, torch.float32)
+
+    def exported_parameters(self) -> dict[str, Any]:
+        """What it has fitted, as plain numbers, for `model.json` of an export (a mixture's weights, means and
+        Cholesky factors; a network's weights are in its graph only)."""
+        return {}
 
     @torch.no_grad()
     def sample(

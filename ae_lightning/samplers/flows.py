@@ -20,7 +20,6 @@ from ae_lightning.autoencoders import Autoencoder
 from ae_lightning.autoencoders.flows import MADE
 from ae_lightning.autoencoders.vae import gaussian_log_density
 from ae_lightning.errors import ConfigError
-from ae_lightning.nets.sampling import standard_normal
 from ae_lightning.samplers.base import Progress, Sampler
 from ae_lightning.samplers.fitting import MinibatchFitted, fit_by_minibatches, seeded_reset, standardisation
 
@@ -141,11 +140,11 @@ class AutoregressiveFlowSampler(Sampler, MinibatchFitted):
         self.log_likelihood = -mean_loss - float(self.std.double().log().sum())
 
     @torch.no_grad()
-    def sample_codes(
-        self, model: Autoencoder, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        noise = standard_normal((num_samples, self.latent_dim), generator, self.mean.device, self.mean.dtype)
-        return (self.to_codes(noise) * self.std + self.mean).to(model.device, torch.float32)
+    def noise_size(self) -> int:
+        return self.latent_dim
+
+    def codes_from_noise(self, model: Autoencoder, noise: Tensor) -> Tensor:
+        return self.to_codes(noise.to(self.mean.dtype)) * self.std + self.mean
 
 
 class MAFSampler(AutoregressiveFlowSampler):

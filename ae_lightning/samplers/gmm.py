@@ -135,15 +135,24 @@ class GaussianMixtureSampler(Sampler):
         eye = torch.eye(self.latent_dim, dtype=covariances.dtype, device=covariances.device)
         return torch.linalg.cholesky(covariances + self.reg_covar * eye)
 
-    def sample_codes(
-        self, model: Autoencoder, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        device = self.means.device
-        where = generator.device if generator is not None else device
-        weights = self.weights.to(where)
-        components = torch.multinomial(weights, num_samples, replacement=True, generator=generator)
-        shape = (num_samples, self.latent_dim)
-        normal = torch.randn(shape, generator=generator, device=where, dtype=torch.float64)
-        components, normal = components.to(device), normal.to(device)
-        codes = self.means[components] + (self.cholesky[components] @ normal[..., None])[..., 0]
-        return codes.to(model.device, torch.float32)
+    def noise_size(self) -> int:
+        return self.latent_dim + 1
+
+    def codes_from_noise(self, model: Autoencoder, noise: Tensor) -> Tensor:
+        """The first number picks the component (its normal CDF, a uniform number, against the cumulative
+        weights), the others are the component's standardised draw."""
+        # in float32 (ONNX Runtime has no float64 erf); the rest in the mixture's float64
+        uniform = 0.5 * (1 + torch.erf(noise[:, :1].float() / math.sqrt(2)))
+        bounds = self.weights.cumsum(0)[:-1].float()
+        component = (uniform > bounds).sum(1)  # (B,): how many cumulative weights the number passed
+        draw = (self.cholesky[component] @ noise[:, 1:, None].to(self.means.dtype))[..., 0]
+        return (self.means[component] + draw).float()
+
+    def exported_parameters(self) -> dict[str, Any]:
+        return {
+            "weights": self.weights.tolist(),
+            "means": self.means.tolist(),
+            "cholesky": self.cholesky.tolist(),
+            "how": "k: the component whose cumulative weight first exceeds a uniform number; "
+            "latent = means[k] + cholesky[k] @ n, n ~ N(0, I)",
+        }

@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ae_lightning.autoencoders import Autoencoder, PoincareVAE, VampVAE
-from ae_lightning.nets.sampling import standard_normal
 from ae_lightning.samplers.base import Sampler, where_codes_live
 
 
@@ -15,10 +14,11 @@ class NormalSampler(Sampler):
 
     name = "normal"
 
-    def sample_codes(
-        self, model: Autoencoder, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        return standard_normal((num_samples, self.latent_dim), generator, model.device, torch.float32)
+    def noise_size(self) -> int:
+        return self.latent_dim
+
+    def codes_from_noise(self, model: Autoencoder, noise: Tensor) -> Tensor:
+        return noise
 
 
 class VampSampler(Sampler):
@@ -55,11 +55,11 @@ class HypersphereSampler(Sampler):
             )
         return None
 
-    def sample_codes(
-        self, model: Autoencoder, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        draws = standard_normal((num_samples, self.latent_dim), generator, model.device, torch.float32)
-        return F.normalize(draws, dim=1)
+    def noise_size(self) -> int:
+        return self.latent_dim
+
+    def codes_from_noise(self, model: Autoencoder, noise: Tensor) -> Tensor:
+        return F.normalize(noise, dim=1)
 
 
 class PoincareSampler(Sampler):

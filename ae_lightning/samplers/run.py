@@ -32,6 +32,37 @@ def fitted_path(ckpt_path: Path, sampler: str, digest: str) -> Path:
     return ckpt_path.parent / f"sampler-{sampler}-{digest}.pt"
 
 
+def exportable(name: str, model: Autoencoder, ckpt_path: Path, digest: str) -> Sampler:
+    """The sampler `name` for `model`, as `export --samplers` writes it: a fitted one as fitted for this
+    checkpoint by `sample` (the file beside it). One line (ConfigError) where that cannot be done."""
+    from ae_lightning.samplers import SAMPLERS
+
+    cls = SAMPLERS[name]
+    reason = cls.refusal(model)
+    if reason is not None:
+        raise ConfigError(f"--samplers {name}: {reason}")
+    options: dict[str, Any] = {}
+    saved = None
+    if cls.fitted:
+        path = fitted_path(ckpt_path, name, digest)
+        if not path.is_file():
+            raise ConfigError(
+                f"--samplers {name}: no {name} sampler fitted for this checkpoint ({path.name} beside it): "
+                f"fit it first with `cli.py sample --sampler {name} --ckpt_path {ckpt_path}`"
+            )
+        saved = read_checkpoint(path, map_location="cpu", name=f"fitted sampler {path}")
+        options = dict(saved.get("options") or {})
+    sampler = cls.for_model(model, **options)
+    if sampler.noise_size() is None:
+        raise ConfigError(
+            f"--samplers {name}: the {name} sampler draws by more than a function of noise (a chain, or "
+            "code by code), and is not exported"
+        )
+    if saved is not None:
+        sampler.load_state_dict(saved["state_dict"])
+    return sampler.to(model.device).eval()
+
+
 def training_codes(sampler: Sampler, model: Autoencoder, datamodule: AutoencoderDataModule) -> Tensor:
     """What the sampler is fitted on (`Sampler.encode`) for every training image, in order, with a bar."""
     datamodule.setup("fit")

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from ae_lightning.autoencoders import Autoencoder
 from ae_lightning.autoencoders.vae import gaussian_kl, gaussian_log_density
 from ae_lightning.errors import ConfigError
-from ae_lightning.nets.sampling import standard_normal
 from ae_lightning.samplers.base import Progress, Sampler
 from ae_lightning.samplers.fitting import MinibatchFitted, fit_by_minibatches, seeded_reset, standardisation
 
@@ -143,12 +142,9 @@ class TwoStageSampler(Sampler, MinibatchFitted):
         return math.exp(float(self.log_gamma.detach()))
 
     @torch.no_grad()
-    def sample_codes(
-        self, model: Autoencoder, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        shape = (num_samples, self.second_latent_dim + self.latent_dim)
-        u, noise = standard_normal(shape, generator, self.mean.device, self.mean.dtype).split(
-            [self.second_latent_dim, self.latent_dim], dim=1
-        )
-        standard = self.decoder(u) + self.log_gamma.exp() * noise
-        return (standard * self.std + self.mean).to(model.device, torch.float32)
+    def noise_size(self) -> int:
+        return self.second_latent_dim + self.latent_dim
+
+    def codes_from_noise(self, model: Autoencoder, noise: Tensor) -> Tensor:
+        u, scatter = noise.to(self.mean.dtype).split([self.second_latent_dim, self.latent_dim], dim=1)
+        return (self.decoder(u) + self.log_gamma.exp() * scatter) * self.std + self.mean
