@@ -11,7 +11,8 @@ import torch
 
 from ae_lightning.cli import main
 from ae_lightning.export.runtime import ExportedModel
-from ae_lightning.models import RAE
+from ae_lightning.models import RAE, VampVAE
+from ae_lightning.samplers import SAMPLERS
 from ae_lightning.samplers.run import exportable
 from tests.conftest import CONFIGS, run_and_fail, run_folder, tiny
 from tests.test_export import relative_difference
@@ -98,3 +99,18 @@ def test_an_unfitted_sampler_is_named_with_how_to_fit_it(exported: Path, tmp_pat
     model = RAE.load_from_checkpoint(copy).model.eval()
     with pytest.raises(Exception, match=r"fit it first with `cli.py sample --sampler gmm --ckpt_path "):
         exportable("gmm", model, copy, "0" * 64)
+
+
+def test_a_vampvae_ships_its_learnt_prior(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """The vamp sampler's graph holds the pseudo-inputs and the encoder that maps them to the prior's
+    components: the exported draws are the model's."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--config", str(CONFIGS / "vamp_vae.yaml"), *tiny(data_dir)]
+    main(["fit", *flags])
+    main(["export", *flags, "--ckpt_path=last", "--output=onnx", '--samplers=["vamp"]'])
+    model = VampVAE.load_from_checkpoint(run_folder(tmp_path, "vamp_vae") / "checkpoints" / "last.ckpt").model
+    noise = torch.randn(6, model.latent_dim + 1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        codes = SAMPLERS["vamp"].for_model(model).codes_from_noise(model.eval(), noise)
+    (latent,) = ExportedModel(tmp_path / "onnx").run("sampler_vamp", noise.numpy())
+    assert relative_difference(latent, codes) < 1e-5

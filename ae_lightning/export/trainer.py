@@ -45,9 +45,9 @@ class AutoencoderTrainer(Trainer):
             output: the folder to write; an existing one is refused unless `overwrite`.
             overwrite: replace an existing `output` folder.
             samplers: post-hoc samplers to ship with the decoder (`sample --sampler`), each as a graph
-                `sampler_<name>` from N(0, 1) noise to codes (`model.json` says its noise size and how to
-                decode): normal, gmm, two_stage, maf, iaf, hypersphere; a fitted one as `sample` fitted it
-                for this checkpoint.
+                `sampler_<name>` from N(0, 1) noise to codes (`model.json` says its noise size and how
+                to decode): normal, gmm, two_stage, maf, iaf, vamp, hypersphere; a fitted one as
+                `sample` fitted it for this checkpoint.
         """
         path = self._load_weights(model, ckpt_path, "export")
         extra: dict[str, Any] = {

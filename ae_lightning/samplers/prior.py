@@ -1,5 +1,7 @@
 """Samplers that fit nothing: they draw from a distribution the model defines or that is fixed."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,11 +35,19 @@ class VampSampler(Sampler):
             return f"the vamp sampler draws from a VampVAE's learnt prior; {type(model).__name__} has none"
         return None
 
-    def sample_codes(
-        self, model: Autoencoder, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def noise_size(self) -> int:
+        return self.latent_dim + 1
+
+    def codes_from_noise(self, model: Autoencoder, noise: Tensor) -> Tensor:
+        """The first number picks the component (its normal CDF against equal cumulative weights), the
+        others are the draw of that component's Gaussian."""
         assert isinstance(model, VampVAE)
-        return model.prior_noise(num_samples, generator)
+        means, logvars = model.prior_components()
+        count = means.shape[0]
+        uniform = 0.5 * (1 + torch.erf(noise[:, :1].float() / math.sqrt(2)))
+        bounds = torch.arange(1, count, device=noise.device, dtype=torch.float32) / count
+        component = (uniform > bounds).sum(1)
+        return means[component] + (0.5 * logvars[component]).exp() * noise[:, 1:].to(means.dtype)
 
 
 class HypersphereSampler(Sampler):
