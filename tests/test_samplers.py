@@ -24,18 +24,20 @@ TINY = {
     "PoincareVAE": lambda: autoencoders.PoincareVAE(latent_dim=2, hidden_dims=[8]),
     "VQVAE": lambda: autoencoders.VQVAE(latent_dim=4, code_dim=2, codebook_size=4, hidden_dims=[8]),
     "ConditionalVAE": lambda: autoencoders.ConditionalVAE(latent_dim=2, hidden_dims=[8]),
+    "RHVAE": lambda: autoencoders.RHVAE(latent_dim=2, hidden_dims=[8], n_lf=1, metric_hidden_dims=[8]),
 }
 #: which tiny models each prior sampler serves (the fitted ones and normal serve codes in R^D, unlabelled)
 SERVES = {
-    "normal": {"AE", "VAE", "VampVAE"},
-    "gmm": {"AE", "VAE", "VampVAE"},
-    "two_stage": {"AE", "VAE", "VampVAE"},
-    "maf": {"AE", "VAE", "VampVAE"},
-    "iaf": {"AE", "VAE", "VampVAE"},
+    "normal": {"AE", "VAE", "VampVAE", "RHVAE"},
+    "gmm": {"AE", "VAE", "VampVAE", "RHVAE"},
+    "two_stage": {"AE", "VAE", "VampVAE", "RHVAE"},
+    "maf": {"AE", "VAE", "VampVAE", "RHVAE"},
+    "iaf": {"AE", "VAE", "VampVAE", "RHVAE"},
     "vamp": {"VampVAE"},
     "hypersphere": {"SVAE"},
     "poincare": {"PoincareVAE"},
     "pixelcnn": {"VQVAE"},
+    "rhvae": {"RHVAE"},
 }
 
 
@@ -95,7 +97,7 @@ def test_each_sampler_serves_the_models_it_can_and_refuses_the_others_in_one_lin
         reason = cls.refusal(model)
         if model_name in SERVES[name]:
             assert reason is None, (model_name, reason)
-            sampler = cls.for_model(model)
+            sampler = cls.for_model(model, **({"mcmc_steps": 2} if name == "rhvae" else {}))
             if sampler.fitted:
                 sampler.fit(sampler.encode(model, torch.rand(50, 1, 28, 28)))
             codes = sampler.sample_codes(model, 7, torch.Generator().manual_seed(0))
