@@ -11,7 +11,7 @@ import torch
 
 from ae_lightning.cli import main
 from ae_lightning.export.runtime import ExportedModel
-from ae_lightning.models import RAE, VampVAE
+from ae_lightning.models import RAE, VQVAE, VampVAE
 from ae_lightning.samplers import SAMPLERS
 from ae_lightning.samplers.run import exportable
 from tests.conftest import CONFIGS, run_and_fail, run_folder, tiny
@@ -78,6 +78,7 @@ def test_each_exported_sampler_gives_the_samplers_codes_and_with_the_decoder_its
     ("samplers", "message"),
     [
         ('["pixelcnn"]', "error: --samplers pixelcnn: pixelcnn draws codebook indices; RAE's codes"),
+        ('["rhvae"]', "error: --samplers rhvae: "),
         ('["hypersphere"]', "error: --samplers hypersphere: the hypersphere sampler draws codes on the unit"),
     ],
 )
@@ -113,4 +114,25 @@ def test_a_vampvae_ships_its_learnt_prior(data_dir: Path, tmp_path: Path, monkey
     with torch.no_grad():
         codes = SAMPLERS["vamp"].for_model(model).codes_from_noise(model.eval(), noise)
     (latent,) = ExportedModel(tmp_path / "onnx").run("sampler_vamp", noise.numpy())
+    assert relative_difference(latent, codes) < 1e-5
+
+
+def test_a_vqvae_ships_its_fitted_pixelcnn(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """The pixelcnn graph draws the indices position by position from Gumbel noise made of the N(0, 1)
+    numbers, and gives the sampler's codes (codebook entries)."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--config", str(CONFIGS / "vqvae.yaml"), *tiny(data_dir)]
+    main(["fit", *flags])
+    options = {"epochs": 2, "num_layers": 2, "channels": 8, "embedding_dim": 8}
+    main(["sample", *flags, "--ckpt_path=last", "--sampler=pixelcnn", "--num_samples=4", "--output=drawn",
+          f"--sampler_options={json.dumps(options)}"])  # fmt: skip
+    main(["export", *flags, "--ckpt_path=last", "--output=onnx", '--samplers=["pixelcnn"]'])
+    last = run_folder(tmp_path, "vqvae") / "checkpoints" / "last.ckpt"
+    model = VQVAE.load_from_checkpoint(last).model.eval()
+    digest = json.loads((tmp_path / "onnx" / "model.json").read_text())["checkpoint"]["sha256"]
+    sampler = exportable("pixelcnn", model, last, digest)
+    noise = torch.randn(6, sampler.noise_size(), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        codes = sampler.codes_from_noise(model, noise)
+    (latent,) = ExportedModel(tmp_path / "onnx").run("sampler_pixelcnn", noise.numpy())
     assert relative_difference(latent, codes) < 1e-5

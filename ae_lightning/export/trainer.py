@@ -46,7 +46,7 @@ class AutoencoderTrainer(Trainer):
             overwrite: replace an existing `output` folder.
             samplers: post-hoc samplers to ship with the decoder (`sample --sampler`), each as a graph
                 `sampler_<name>` from N(0, 1) noise to codes (`model.json` says its noise size and how
-                to decode): normal, gmm, two_stage, maf, iaf, vamp, hypersphere; a fitted one as
+                to decode): normal, gmm, two_stage, maf, iaf, pixelcnn, vamp, hypersphere; a fitted one as
                 `sample` fitted it for this checkpoint.
         """
         path = self._load_weights(model, ckpt_path, "export")

@@ -2,6 +2,7 @@
 how a VQ-VAE generates (van den Oord, Vinyals & Kavukcuoglu, 2017, who fit a PixelCNN over the codes;
 pythae's PixelCNNSampler). Our codes are a sequence of codebook indices per image, so the PixelCNN is 1-D."""
 
+import math
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from ae_lightning.autoencoders import Autoencoder, Conditional, DiscreteCode, Reconstructs
 from ae_lightning.errors import ConfigError
+from ae_lightning.nets.sampling import standard_normal
 from ae_lightning.samplers.base import Progress, Sampler, where_codes_live
 
 #: the smallest exponential draw kept, so that a Gumbel draw -log(draw) is finite
@@ -162,8 +164,14 @@ class PixelCNNSampler(Sampler):
         if reason is not None:
             raise ValueError(reason)
         assert isinstance(model, DiscreteCode)
+        # the model's sizes (a saved fit's options hold them too: the same numbers for the same model)
         sizes = {"codebook_size": model.codebook_size, "code_length": model.code_length}
-        return cls(latent_dim=model.latent_dim, **sizes, **options)
+        for name, size in sizes.items():
+            if options.get(name, size) != size:
+                raise ConfigError(
+                    f"pixelcnn: {name} is the model's ({size}), got {options[name]}: leave it out"
+                )
+        return cls(latent_dim=model.latent_dim, **{**options, **sizes})
 
     @classmethod
     def refusal(cls, model: Autoencoder) -> str | None:
@@ -254,27 +262,34 @@ class PixelCNNSampler(Sampler):
             total = sum(-self.log_prob(chunk).sum() for chunk in codes.split(max(self.batch_size, 1024)))
         self.negative_log_likelihood = float(total) / len(codes)
 
+    def noise_size(self) -> int:
+        return self.code_length * self.codebook_size
+
     @torch.no_grad()
-    def sample_indices(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """`num_samples` sequences of indices drawn from the fitted PixelCNN, (num_samples, code_length)
-        int64 on the sampler's device: one pass of the network per position, no wait for the device."""
-        device = self.support.device
-        shape = (num_samples, self.code_length, self.codebook_size)
-        if generator is None:
-            exponential = torch.empty(shape, device=device).exponential_()
-        else:
-            exponential = torch.empty(shape).exponential_(generator=generator).to(device)
-        gumbel = -exponential.clamp_min(TINY).log()  # argmax(log p + Gumbel noise) is a draw from p
-        indices = torch.zeros(num_samples, self.code_length, dtype=torch.long, device=device)
+    def indices_from_noise(self, noise: Tensor) -> Tensor:
+        """N(0, 1) noise (B, code_length x codebook_size) -> a draw of the fitted PixelCNN, (B, code_length)
+        int64: each number made a Gumbel variable (its normal CDF, a uniform u, gives -log(-log u)), and the
+        value at position i the argmax of log p(x_i | x_<i) plus its position's Gumbel noise (the Gumbel-max
+        trick), one pass of the network per position, no wait for the device."""
+        uniform = 0.5 * (1 + torch.erf(noise.float() / math.sqrt(2)))
+        uniform = uniform.clamp(TINY, 1 - 1e-7).view(-1, self.code_length, self.codebook_size)
+        gumbel = -(-uniform.log()).log()
+        drawn: list[Tensor] = []
+        blank = torch.zeros(noise.shape[0], self.code_length, dtype=torch.long, device=noise.device)
         for position in range(self.code_length):
             # position i's conditional depends on the indices before it only: those drawn already
+            indices = torch.cat([torch.stack(drawn, 1), blank[:, position:]], 1) if drawn else blank
             log_probs = self.log_conditionals(indices)[:, :, position]
-            indices[:, position] = (log_probs + gumbel[:, position]).argmax(1)
-        return indices
+            drawn.append((log_probs + gumbel[:, position]).argmax(1))
+        return torch.stack(drawn, 1)
 
-    def sample_codes(
-        self, model: Autoencoder, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sample_indices(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """`num_samples` sequences of indices drawn from the fitted PixelCNN, (num_samples, code_length)
+        int64 on the sampler's device (`generator`, a CPU generator, makes them repeatable)."""
+        shape = (num_samples, self.noise_size())
+        return self.indices_from_noise(standard_normal(shape, generator, self.support.device, torch.float32))
+
+    def codes_from_noise(self, model: Autoencoder, noise: Tensor) -> Tensor:
         assert isinstance(model, DiscreteCode)
-        indices = self.sample_indices(num_samples, generator).to(model.device)
-        return model.code_of(indices).float()
+        indices = self.indices_from_noise(noise.to(self.support.device))
+        return model.code_of(indices.to(model.device)).float()
