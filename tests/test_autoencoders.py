@@ -66,13 +66,16 @@ def test_interface_shapes(cls, extra, backbone, hidden_dims) -> None:
 
 
 @pytest.mark.parametrize("cls, extra", TORCH_CASES, ids=IDS)
-@pytest.mark.parametrize("backbone, hidden_dims", [("mlp", [64]), ("conv", [8, 16])])
+@pytest.mark.parametrize(
+    "backbone, hidden_dims", [("mlp", [64]), pytest.param("conv", [8, 16], marks=pytest.mark.slow)]
+)
 def test_trains_in_a_plain_loop(cls, extra, backbone, hidden_dims) -> None:
     """No Trainer: 150 Adam steps on one batch cut the training loss at least 5-fold (seen: 8x conv to 116x
-    mlp). A model with several optimizers takes one Adam per part (`take_part_gradients`): one Adam on every
-    parameter would let its discriminator minimise the autoencoder's loss too. Where no part minimises
-    `loss` (VAE/GAN's is the pixel ELBO, which it reports but does not train on) the loss need only fall:
-    tests/test_vaegan.py measures its training in the discriminator's features."""
+    mlp; the conv cases, a minute in all, run in the full suite only). A model with several optimizers takes
+    one Adam per part (`take_part_gradients`): one Adam on every parameter would let its discriminator
+    minimise the autoencoder's loss too. Where no part minimises `loss` (VAE/GAN's is the pixel ELBO, which
+    it reports but does not train on) the loss need only fall: tests/test_vaegan.py measures its training in
+    the discriminator's features."""
     model = make(cls, extra, backbone=backbone, hidden_dims=hidden_dims).train()
     batch = fixed_batch()
 

@@ -77,6 +77,7 @@ def test_rank_correlation_and_linear_fit() -> None:
     assert set(projection_quality(codes[:, :1], coordinates[:, :1])) == {"linear_r2", "abs_spearman"}
 
 
+@pytest.mark.slow
 def test_the_spiral_config_learns_a_one_number_code_of_the_angle(in_tmp: Path) -> None:
     """configs/spiral.yaml as it comes: a 1-d code whose order is the angle's (|Spearman| >= 0.99, seen:
     1.0), reconstructions on the curve, and the two pictures."""
@@ -90,6 +91,7 @@ def test_the_spiral_config_learns_a_one_number_code_of_the_angle(in_tmp: Path) -
     assert read_png(run / "code_vs_coordinate.png").shape == (3, 300, 300)
 
 
+@pytest.mark.slow
 def test_the_denoising_config_moves_noisy_points_back_towards_the_curve(in_tmp: Path) -> None:
     """configs/spiral_dae.yaml: reconstructions at least 2x closer to the curve than their noisy inputs
     (seen: 7.3x)."""

@@ -127,7 +127,7 @@ def test_the_prior_samplers_draw_where_the_codes_live() -> None:
 
 @pytest.fixture(scope="module")
 def rae_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding an RAE trained for 2 epochs on the tiny data (runs/rae/version_0)."""
+    """A folder holding an RAE trained for an epoch on the tiny data (runs/rae/version_0)."""
     folder = tmp_path_factory.mktemp("rae")
     fitted = cli(
         ["fit", "--config", str(CONFIGS / "rae.yaml"), *tiny(data_dir), "--trainer.max_epochs=2"], folder
