@@ -60,7 +60,7 @@ class AutoencoderCLI(LightningCLI):
         and the other parsers' options, for its short errors (`parser.ArgumentParser`); the main one's help
         names `score` too."""
         if not self._parsers:
-            kwargs["description"] = "Train, validate, test, predict and export autoencoders."
+            kwargs["description"] = "Train, validate, test, predict, export and sample from autoencoders."
             kwargs.setdefault("epilog", SCORE_HELP)
         parser = super().init_parser(**kwargs)
         if isinstance(parser, ArgumentParser):
