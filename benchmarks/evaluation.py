@@ -1,14 +1,17 @@
 """What trained autoencoders are worth, measured through the real CLI: one-class anomaly detection, feature
 quality and the Bernoulli VAE's test NLL, with PCA baselines.
 
-    python benchmarks/evaluation.py --data-dir ../shared/data one_class --epochs 20
+    python benchmarks/evaluation.py --data-dir ../shared/data one_class --configs one_class.yaml anomaly.yaml
     python benchmarks/evaluation.py --data-dir ../shared/data features --epochs 15
     python benchmarks/evaluation.py --data-dir ../shared/data nll --epochs 30
 
-  one_class  for each model (AE, DAE, VAE: configs/ae.yaml, dae.yaml, vae.yaml) and each digit d = 0..9:
-             `fit --data.normal_classes [d]`, then `test` of the last weights: test/auroc, test/aupr, test/f1
-             over the whole test set (anomaly = not d); PCA with as many components as the latent size,
-             fitted on the same normal training images, scored by its reconstruction error.
+  one_class  the one-class protocol (benchmarks/one_class.py): for each config (--configs), data set (MNIST,
+             FashionMNIST: <data-dir>/<name>/raw), class c (--classes) and seed (--seeds 0 1 2):
+             `fit --data.normal_classes [c] --seed_everything s` with the config's epochs (or --epochs), then
+             `test` of the last weights: test/auroc, test/aupr, test/f1 over the whole test set (anomaly = not
+             c); PCA with --components components fitted on the same normal images. Resumes a half-done
+             sweep in --out (--fresh starts again); writes the per-class tables, with the published numbers,
+             beside it as .md.
   features   each model (--models: AE, DAE, VAE, and DAE-features = configs/dae_features.yaml) fitted on all
              training images, then `test`: test/linear_probe_acc and test/knn_acc of
              its latents (FeatureQuality); the same probe and k-NN on PCA features.
@@ -25,13 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import one_class as protocol
 import torch
-from torchmetrics.classification import BinaryAUROC
 
 from ae_lightning.cli import main
 from ae_lightning.data import MNISTDataModule
 from ae_lightning.evaluation.features import knn_accuracy, linear_probe_accuracy
-from ae_lightning.evaluation.one_class import squash
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"AE": "ae.yaml", "DAE": "dae.yaml", "VAE": "vae.yaml"}
@@ -43,7 +45,7 @@ def cli_args(config: str, args: argparse.Namespace, *extra: str) -> list[str]:
     return [
         "--config", str(REPO / "configs" / config),
         f"--data.data_dir={args.data_dir}",
-        f"--trainer.max_epochs={args.epochs}",
+        *([f"--trainer.max_epochs={args.epochs}"] if args.epochs is not None else []),
         f"--data.val_size={args.val_size}",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
@@ -76,25 +78,30 @@ def flat_images(datamodule: MNISTDataModule, split: str) -> torch.Tensor:
 
 
 def one_class(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {name: {} for name in [*MODELS, f"PCA-{args.components}"]}
-    for digit in range(10):
-        datamodule = MNISTDataModule(data_dir=args.data_dir, val_size=args.val_size, normal_classes=[digit])
-        datamodule.setup("fit")
-        train, test = flat_images(datamodule, "train"), flat_images(datamodule, "test")
-        mean, basis = pca(train, args.components)
-        centred = test - mean
-        errors = (centred - centred @ basis @ basis.T).square().sum(1)
-        auroc = BinaryAUROC()(squash(errors), datamodule.datasets["test"].gt_anomaly.long()).item()
-        results[f"PCA-{args.components}"][str(digit)] = {"test/auroc": auroc}
-        print(f"digit {digit} PCA-{args.components}: AUROC {auroc:.4f}", flush=True)
-        for name, config in MODELS.items():
-            metrics, seconds = fit_and_test(config, args, f"--data.normal_classes=[{digit}]")
-            results[name][str(digit)] = {**metrics, "seconds": seconds}
-            print(f"digit {digit} {name}: AUROC {metrics['test/auroc']:.4f} ({seconds:.0f} s)", flush=True)
-    for per_digit in results.values():
-        aurocs = [per_digit[str(digit)]["test/auroc"] for digit in range(10)]
-        per_digit["mean_auroc"] = sum(aurocs) / len(aurocs)
-    return results
+    """The one-class sweep (`one_class.sweep`): every config x data set x class x seed, resumed from `out`."""
+    # what the numbers depend on (a sweep resumed with others is refused), and what it covers (may grow)
+    settings = {
+        "epochs": args.epochs,
+        "val_size": args.val_size,
+        "components": args.components,
+        "extra": args.extra,
+    }
+    plan = {"configs": args.configs, "datasets": args.datasets, "classes": args.classes, "seeds": args.seeds}
+
+    def run(config: str, dataset: str, normal_class: int, seed: int) -> dict[str, float]:
+        flags = (
+            f"--data.dataset={dataset}",
+            f"--data.normal_classes=[{normal_class}]",
+            f"--seed_everything={seed}",
+        )
+        return fit_and_test(config, args, *flags)[0]
+
+    state = protocol.sweep(args.out, settings, {**plan, "data_dir": args.data_dir}, run, fresh=args.fresh)
+    datasets = [name for name in protocol.DATASETS if any(f"|{name}|" in key for key in state["runs"])]
+    tables = [f"## {dataset}\n\n{protocol.table(state, dataset)}\n" for dataset in datasets]
+    args.out.with_suffix(".md").write_text("\n".join(tables))
+    print("\n".join(tables))
+    return state
 
 
 def features(args: argparse.Namespace) -> dict[str, Any]:
@@ -129,12 +136,19 @@ def main_benchmark() -> None:
     )
     parser.add_argument("part", choices=("one_class", "features", "nll"))
     parser.add_argument("--data-dir", default="data", help="folder holding MNIST/raw/")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epochs per fit (default: one_class the config's, else 20)"
+    )
     parser.add_argument("--components", type=int, default=20, help="PCA components (the latent size)")
     parser.add_argument("--nll-samples", type=int, default=1000)
     parser.add_argument(
         "--models", nargs="+", default=list(MODELS), choices=list(FEATURE_MODELS), help="for features"
     )
+    parser.add_argument("--configs", nargs="+", default=["one_class.yaml"], help="one_class: configs/ files")
+    parser.add_argument("--datasets", nargs="+", default=list(protocol.DATASETS), choices=protocol.DATASETS)
+    parser.add_argument("--classes", nargs="+", type=int, default=list(range(10)), help="one_class: classes")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one_class: seeds")
+    parser.add_argument("--fresh", action="store_true", help="one_class: start again, not resume --out")
     parser.add_argument("--val-size", type=int, default=5000, help="as --data.val_size (the configs': 5000)")
     parser.add_argument(
         "--extra",
@@ -145,11 +159,16 @@ def main_benchmark() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/)")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
-    out = args.out or REPO / "benchmarks" / "results" / f"{args.part}.json"
+    out = args.out = (args.out or REPO / "benchmarks" / "results" / f"{args.part}.json").resolve()
+    if args.part != "one_class" and args.epochs is None:
+        args.epochs = 20
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:  # the runs' folders, thrown away
         os.chdir(folder)
         results = {"one_class": one_class, "features": features, "nll": nll}[args.part](args)
+    if args.part == "one_class":  # the sweep's file is its report, written after every run
+        print(f"written {out} and {out.with_suffix('.md')}")
+        return
     report = {
         "part": args.part,
         "epochs": args.epochs,

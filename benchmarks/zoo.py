@@ -42,6 +42,9 @@ sys.path.insert(0, str(REPO))
 CONFIGS = {
     "AE": "ae.yaml",
     "DenoisingAE": "dae.yaml",
+    "RestorationAE": "restoration_ae.yaml",
+    "MemAE": "memae.yaml",
+    "DeepSVDD": "deep_svdd.yaml",
     "SparseAE": "sparse_ae.yaml",
     "ContractiveAE": "contractive_ae.yaml",
     "VAE": "vae.yaml",

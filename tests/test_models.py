@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ae_lightning.autoencoders import Denoising, Generative
+from ae_lightning.autoencoders import Denoising, Generative, Reconstructs
 from ae_lightning.models import AutoencoderModule
 from tests.test_autoencoders import fixed_batch, tensor_inputs
 from tests.variants import CASES, IDS
@@ -58,7 +58,10 @@ def test_fits_writes_a_grid_and_reloads_from_its_checkpoint(cls, extra, data_dir
     torch_model = model.model
     # a model lays its samples out itself (the CVAE: a row per class)
     samples = len(torch_model.grid_samples(16, nrow=8)) if isinstance(torch_model, Generative) else 0
-    rows_per_image = 4 if isinstance(torch_model, Denoising) else 2
+    # images above their reconstructions (a denoiser adds two rows); the images alone without a decoder
+    rows_per_image = (
+        4 if isinstance(torch_model, Denoising) else 2 if isinstance(torch_model, Reconstructs) else 1
+    )
     assert read_png(ckpt.with_suffix(".png")).shape == (3, *grid_size(8, samples, rows_per_image))
 
     reloaded = cls.load_from_checkpoint(ckpt).eval()

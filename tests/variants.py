@@ -3,7 +3,7 @@
 import typing
 
 import ae_lightning.models
-from ae_lightning.autoencoders import Autoencoder
+from ae_lightning.autoencoders import LatentModel
 from ae_lightning.models import AutoencoderModule
 
 
@@ -17,7 +17,7 @@ def modules() -> list[type[AutoencoderModule]]:
     ]
 
 
-def autoencoder_class(module: type[AutoencoderModule]) -> type[Autoencoder]:
+def autoencoder_class(module: type[AutoencoderModule]) -> type[LatentModel]:
     """The torch model a module builds (the return type it declares for `build_autoencoder`)."""
     return typing.get_type_hints(module.build_autoencoder)["return"]
 
@@ -47,6 +47,9 @@ SETTINGS: dict[str, dict] = {
     "PIWAE": {"num_samples": 2, "num_estimates": 2},
     "VAEGAN": {"feature_size": 16, "gamma": 0.5},
     "RHVAE": {"n_lf": 1, "beta_zero": 0.5, "metric_hidden_dims": [16], "num_centroids": 32},
+    "MemAE": {"memory_size": 64, "shrink_threshold": 0.015, "entropy_weight": 0.05},
+    "RestorationAE": {"erasures": ["rotate", "flip", "mask"], "score_smoothing": 1.0},
+    "DeepSVDD": {"objective": "soft-boundary", "nu": 0.2, "warmup_steps": 1},
 }
 #: further cases of a variant: (variant, test id suffix, settings)
 EXTRA_CASES: list[tuple[str, str, dict]] = [

@@ -5,10 +5,11 @@ with Lightning.
 """
 
 from ae_lightning.autoencoders.adversarial import AdversarialAE
-from ae_lightning.autoencoders.base import AE, Autoencoder
+from ae_lightning.autoencoders.base import AE, Autoencoder, LatentModel
 from ae_lightning.autoencoders.contractive import ContractiveAE
 from ae_lightning.autoencoders.cvae import ConditionalVAE
 from ae_lightning.autoencoders.dae import DenoisingAE
+from ae_lightning.autoencoders.deep_svdd import DeepSVDD
 from ae_lightning.autoencoders.disentangled import BetaTCVAE, DisentangledBetaVAE
 from ae_lightning.autoencoders.factor_vae import FactorVAE
 from ae_lightning.autoencoders.flow_vae import IAFVAE, PlanarFlowVAE
@@ -28,10 +29,12 @@ from ae_lightning.autoencoders.interface import (
     take_part_gradients,
 )
 from ae_lightning.autoencoders.iwae import CIWAE, IWAE, MIWAE
+from ae_lightning.autoencoders.memae import MemAE
 from ae_lightning.autoencoders.msssim_vae import MSSSIMVAE
 from ae_lightning.autoencoders.piwae import PIWAE
 from ae_lightning.autoencoders.poincare_vae import PoincareVAE
 from ae_lightning.autoencoders.rae import RAE
+from ae_lightning.autoencoders.restoration import RestorationAE
 from ae_lightning.autoencoders.rhvae import RHVAE
 from ae_lightning.autoencoders.sparse import SparseAE
 from ae_lightning.autoencoders.svae import SVAE
@@ -64,6 +67,7 @@ __all__ = [
     "Conditional",
     "ConditionalVAE",
     "ContractiveAE",
+    "DeepSVDD",
     "Denoising",
     "DenoisingAE",
     "DiscreteCode",
@@ -72,12 +76,15 @@ __all__ = [
     "GaussianPosterior",
     "Generative",
     "InfoVAE",
+    "LatentModel",
     "LogLikelihood",
+    "MemAE",
     "OptimizedPart",
     "PlanarFlowVAE",
     "PoincareVAE",
     "ReadsDatasetSize",
     "Reconstructs",
+    "RestorationAE",
     "SeveralOptimizers",
     "SparseAE",
     "VampVAE",

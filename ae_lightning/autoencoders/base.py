@@ -1,6 +1,8 @@
-"""The base of every autoencoder: its networks, its likelihood and the interface the framework uses."""
+"""The base of every model: its encoder and the interface the framework uses (`LatentModel`), and of every
+autoencoder: its decoder and likelihood (`Autoencoder`)."""
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -9,35 +11,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ae_lightning.autoencoders.interface import Reconstructs
+from ae_lightning.autoencoders.scoring import ScoreNormalization, check_score_shape, residual_score
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
 from ae_lightning.nets import DEFAULT_HIDDEN_DIMS, Backbone, build_decoder, build_encoder
 from ae_lightning.value_range import check_value_range
 
 Likelihood = Literal["gaussian", "bernoulli"]
-#: where a model's codes live (`Autoencoder.latent_space`)
+#: where a model's codes live (`LatentModel.latent_space`)
 LatentSpace = Literal["euclidean", "sphere", "poincare_ball", "discrete"]
 
 
-class Autoencoder(nn.Module, Reconstructs):
-    """An autoencoder in plain PyTorch that owns its objective: the plain (undercomplete) one, and the base
-    of every variant, which overrides what is its own (`loss_terms`, `code`, ...).
+class LatentModel(nn.Module, ABC):
+    """A model in plain PyTorch that maps inputs to codes and owns its objective: what every model of the
+    framework has, decoder or not. `Autoencoder` adds the decoder; a model without one (Deep SVDD, whose
+    score is a distance in code space) derives from this class directly and is not `Reconstructs`.
 
     Train it in any loop: `loss = model.loss_terms(batch)["loss"].mean()`. `model.train()` gives the
-    training objective (a variant may corrupt, sample or update a codebook), `model.eval()` the evaluation
-    one; `step` (optimizer steps taken) drives schedules such as a KL warm-up.
+    training objective, `model.eval()` the evaluation one; `step` (optimizer steps taken) drives schedules.
 
     Args:
         latent_dim: size of the code.
         backbone: `mlp` (fully connected) or `conv` (stride-2 convolutions, images of any size).
         hidden_dims: widths of the hidden layers (mlp) or channels of the convolutions (conv), from the image
-            side; the decoder mirrors them. Default: [400] for mlp, [32, 64] for conv.
-        likelihood: `gaussian` (reconstruction term = summed squared error) or `bernoulli` (binary
-            cross-entropy with logits; needs data in [0, 1]).
+            side; a decoder mirrors them. Default: [400] for mlp, [32, 64] for conv.
         image_shape: (C, H, W) of the images, or (D,) of vector data (MLP only); the CLI takes it from the
             datamodule.
-        value_range: range of the data, [-1, 1] or [0, 1]; the CLI takes it from the datamodule. It picks
-            the output activation of the gaussian decoder (tanh or sigmoid).
+        value_range: range of the data, [-1, 1] or [0, 1]; the CLI takes it from the datamodule.
+        bias: whether the encoder's and decoder's layers have bias terms. False gives bias-free networks
+            (Deep SVDD needs them; an autoencoder pretrained for it must have them too).
     """
 
     #: arguments that set only how the model is evaluated, not what it learns (kept out of a checkpoint's
@@ -52,17 +54,15 @@ class Autoencoder(nn.Module, Reconstructs):
         latent_dim: int = 20,
         backbone: Backbone = "mlp",
         hidden_dims: Sequence[int] | None = None,
-        likelihood: Likelihood = "gaussian",
         image_shape: Sequence[int] = (1, 28, 28),
         value_range: Sequence[float] = (0.0, 1.0),
+        bias: bool = True,
     ) -> None:
         super().__init__()
         if latent_dim <= 0:
             raise ConfigError(f"latent_dim must be a positive number of latent units, got {latent_dim}")
         if backbone not in DEFAULT_HIDDEN_DIMS:
             raise ConfigError(f"backbone must be one of {list(DEFAULT_HIDDEN_DIMS)}, got {backbone!r}")
-        if likelihood not in ("gaussian", "bernoulli"):
-            raise ConfigError(f"likelihood must be 'gaussian' or 'bernoulli', got {likelihood!r}")
         hidden_dims = list(DEFAULT_HIDDEN_DIMS[backbone] if hidden_dims is None else hidden_dims)
         if any(width <= 0 for width in hidden_dims) or (backbone == "conv" and not hidden_dims):
             raise ConfigError(
@@ -79,30 +79,154 @@ class Autoencoder(nn.Module, Reconstructs):
                 f"the conv backbone needs images (C, H, W), but the data are vectors of {image_shape[0]} "
                 "numbers: use --model.backbone mlp"
             )
-        if likelihood == "bernoulli" and value_range != (0.0, 1.0):
-            raise ConfigError(
-                f"likelihood 'bernoulli' models data in [0, 1], but the data is in {list(value_range)}: "
-                "set --data.value_range '[0, 1]' (and --data.binarize true for binarised images), "
-                "or use likelihood 'gaussian'"
-            )
         self.latent_dim = latent_dim
         self.backbone = backbone
         self.hidden_dims = tuple(hidden_dims)
-        self.likelihood = likelihood
         self.image_shape: tuple[int, ...] = image_shape
         self.value_range: tuple[float, float] = value_range
+        self.bias = bool(bias)
         self.step = 0  # optimizer steps taken: the training loop sets it
-        self.encoder, self.decoder = self.build_networks()
+        self.add_networks()
+        if not self.bias:
+            # a variant whose networks are its own (e.g. label-conditioned) may not honour the flag
+            kept = [name for name, _ in self.named_parameters() if name.endswith(".bias")]
+            kept = [name for name in kept if name.startswith(("encoder.", "decoder."))]
+            if kept:
+                raise ConfigError(
+                    f"{type(self).__name__} cannot drop the bias terms of its networks ({kept[0]}): "
+                    "use --model.bias true"
+                )
 
-    def build_networks(self) -> tuple[nn.Module, nn.Module]:
-        """The encoder, (B, C, H, W) -> (B, `encoder_outputs()`), and the decoder, codes -> raw output."""
-        encoder = build_encoder(self.backbone, self.image_shape, self.hidden_dims, self.encoder_outputs())
-        decoder = build_decoder(self.backbone, self.latent_dim, self.hidden_dims, self.image_shape)
-        return encoder, decoder
+    def add_networks(self) -> None:
+        """Builds the networks and sets them as attributes, once, from `__init__`: here the encoder."""
+        self.encoder = build_encoder(
+            self.backbone, self.image_shape, self.hidden_dims, self.encoder_outputs(), bias=self.bias
+        )
 
     def encoder_outputs(self) -> int:
         """How many numbers the encoder gives per image (a VAE needs two per latent unit)."""
         return self.latent_dim
+
+    # --- on tensors: what an exported model computes ---
+
+    def code(self, x: Tensor) -> Tensor:
+        """The deterministic code of images (B, C, H, W) -> (B, latent_dim)."""
+        return self.encoder(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The code of `x`, (B, C, H, W) -> (B, latent_dim) (an `Autoencoder` gives its reconstruction)."""
+        return self.code(x)
+
+    # --- on batches: what training and evaluation use ---
+
+    @abstractmethod
+    def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-image loss terms, each (B,); the key `loss` is what is minimised."""
+
+    def latent(self, batch: Batch) -> Tensor:
+        """Deterministic code of each image, for use as features: (B, latent_dim)."""
+        return self.code(batch.inputs)
+
+    @abstractmethod
+    def anomaly_score(self, batch: Batch) -> Tensor:
+        """The anomaly score of each image (higher: more anomalous), (B,)."""
+
+    def training_metrics(self) -> dict[str, Tensor | float]:
+        """Numbers describing the model after a training step (e.g. a weight that follows the step)."""
+        return {}
+
+    def start_evaluation(self) -> None:
+        """Called before each evaluation pass (a variant restarts its fixed evaluation noise)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+class Autoencoder(LatentModel, Reconstructs):
+    """An autoencoder in plain PyTorch that owns its objective: the plain (undercomplete) one, and the base
+    of every variant with a decoder, which overrides what is its own (`loss_terms`, `code`, ...).
+
+    Train it in any loop: `loss = model.loss_terms(batch)["loss"].mean()`. `model.train()` gives the
+    training objective (a variant may corrupt, sample or update a codebook), `model.eval()` the evaluation
+    one; `step` (optimizer steps taken) drives schedules such as a KL warm-up.
+
+    Args:
+        latent_dim: size of the code.
+        backbone: `mlp` (fully connected) or `conv` (stride-2 convolutions, images of any size).
+        hidden_dims: widths of the hidden layers (mlp) or channels of the convolutions (conv), from the image
+            side; the decoder mirrors them. Default: [400] for mlp, [32, 64] for conv.
+        likelihood: `gaussian` (reconstruction term = summed squared error) or `bernoulli` (binary
+            cross-entropy with logits; needs data in [0, 1]).
+        image_shape: (C, H, W) of the images, or (D,) of vector data (MLP only); the CLI takes it from the
+            datamodule.
+        value_range: range of the data, [-1, 1] or [0, 1]; the CLI takes it from the datamodule. It picks
+            the output activation of the gaussian decoder (tanh or sigmoid).
+        bias: whether the encoder's and decoder's layers have bias terms (`--model.bias false`: bias-free
+            networks, e.g. to pretrain the encoder of a `DeepSVDD`).
+        score_smoothing: the anomaly score's Gaussian, in pixels: the residual (image - reconstruction) is
+            smoothed before it is squared, so a stroke a pixel aside counts less than a missing one (0: the
+            score is the reconstruction loss itself).
+        score_normalization: `intensity` divides the anomaly score by the image's total intensity above the
+            bottom of the value range, so a thin digit is not normal merely because little of it can be
+            wrong; `none` leaves it. Either shaping makes the score the squared residual of the output mean
+            (`scoring.residual_score`); only models whose score is a reconstruction error take them.
+    """
+
+    #: whether `anomaly_score` is a reconstruction error, which `score_smoothing` and `score_normalization`
+    #: shape (a VAE scores by its negative ELBO and declares False)
+    scores_by_reconstruction: bool = True
+
+    def __init__(
+        self,
+        latent_dim: int = 20,
+        backbone: Backbone = "mlp",
+        hidden_dims: Sequence[int] | None = None,
+        likelihood: Likelihood = "gaussian",
+        image_shape: Sequence[int] = (1, 28, 28),
+        value_range: Sequence[float] = (0.0, 1.0),
+        bias: bool = True,
+        score_smoothing: float = 0.0,
+        score_normalization: ScoreNormalization = "none",
+    ) -> None:
+        if likelihood not in ("gaussian", "bernoulli"):
+            raise ConfigError(f"likelihood must be 'gaussian' or 'bernoulli', got {likelihood!r}")
+        # before the base builds the networks (`build_networks` may read it)
+        self.likelihood = likelihood
+        super().__init__(latent_dim, backbone, hidden_dims, image_shape, value_range, bias)
+        if likelihood == "bernoulli" and self.value_range != (0.0, 1.0):
+            raise ConfigError(
+                f"likelihood 'bernoulli' models data in [0, 1], but the data is in {list(self.value_range)}: "
+                "set --data.value_range '[0, 1]' (and --data.binarize true for binarised images), "
+                "or use likelihood 'gaussian'"
+            )
+        check_score_shape(score_smoothing, score_normalization, self.image_shape)
+        shaped = score_smoothing > 0 or score_normalization != "none"
+        if shaped and not self.scores_by_reconstruction:
+            raise ConfigError(
+                f"{type(self).__name__}'s anomaly score is not a reconstruction error: leave "
+                "score_smoothing at 0 and score_normalization at none (they shape AE-like scores)"
+            )
+        self.score_smoothing = float(score_smoothing)
+        self.score_normalization = score_normalization
+
+    def add_networks(self) -> None:
+        """Sets the encoder and the decoder that `build_networks` makes (in that order)."""
+        self.encoder, self.decoder = self.build_networks()
+
+    def build_networks(self) -> tuple[nn.Module, nn.Module]:
+        """The encoder, (B, C, H, W) -> (B, `encoder_outputs()`), and the decoder, codes -> raw output."""
+        encoder = build_encoder(
+            self.backbone, self.image_shape, self.hidden_dims, self.encoder_outputs(), bias=self.bias
+        )
+        decoder = build_decoder(
+            self.backbone, self.latent_dim, self.hidden_dims, self.image_shape, bias=self.bias
+        )
+        return encoder, decoder
 
     # --- on tensors: what an exported model computes ---
 
@@ -147,32 +271,23 @@ class Autoencoder(nn.Module, Reconstructs):
         recon = self.reconstruction_error(batch.inputs, batch.inputs)
         return {"loss": recon, "recon": recon}
 
-    def latent(self, batch: Batch) -> Tensor:
-        """Deterministic code of each image, for use as features: (B, latent_dim)."""
-        return self.code(batch.inputs)
-
     def reconstruct(self, batch: Batch) -> Tensor:
         """Reconstruction of each image (for a VAE: the decoded posterior mean), (B, C, H, W)."""
         return self(batch.inputs)
 
+    def reconstruction_score(self, inputs: Tensor, target: Tensor) -> Tensor:
+        """The anomaly score of reconstructing `target` from the code of `inputs`: the reconstruction error,
+        or, with `score_smoothing` or `score_normalization`, the shaped squared residual. (B,)"""
+        if self.score_smoothing == 0 and self.score_normalization == "none":
+            return self.reconstruction_error(inputs, target)
+        reconstruction = self.decode(self.code(inputs))
+        return residual_score(
+            target, reconstruction, self.score_smoothing, self.score_normalization, *self.value_range
+        )
+
     def anomaly_score(self, batch: Batch) -> Tensor:
-        """Reconstruction error of each image (higher: more anomalous), (B,)."""
-        return self.reconstruction_error(batch.inputs, batch.inputs)
-
-    def training_metrics(self) -> dict[str, Tensor | float]:
-        """Numbers describing the model after a training step (e.g. a weight that follows the step)."""
-        return {}
-
-    def start_evaluation(self) -> None:
-        """Called before each evaluation pass (a variant restarts its fixed evaluation noise)."""
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        """Reconstruction error of each image, shaped as the score options say (higher: anomalous), (B,)."""
+        return self.reconstruction_score(batch.inputs, batch.inputs)
 
 
 class AE(Autoencoder):

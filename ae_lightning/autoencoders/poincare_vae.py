@@ -75,6 +75,9 @@ class PoincareVAE(Autoencoder, Generative, LogLikelihood):
         **kwargs: the arguments of `Autoencoder`.
     """
 
+    #: the score is the negative ELBO, not a reconstruction error
+    scores_by_reconstruction = False
+
     latent_space = "poincare_ball"
 
     evaluation_arguments = ("nll_samples",)

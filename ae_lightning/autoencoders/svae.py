@@ -167,6 +167,9 @@ class SVAE(Autoencoder, Generative, LogLikelihood):
         **kwargs: the arguments of `Autoencoder`; latent_dim >= 2.
     """
 
+    #: the score is the negative ELBO, not a reconstruction error
+    scores_by_reconstruction = False
+
     latent_space = "sphere"
 
     evaluation_arguments = ("nll_samples",)

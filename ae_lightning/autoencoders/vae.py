@@ -120,6 +120,9 @@ class VAE(Autoencoder, GaussianPosterior, Generative, LogLikelihood):
         **kwargs: the arguments of `Autoencoder`.
     """
 
+    #: the score is the negative ELBO, not a reconstruction error
+    scores_by_reconstruction = False
+
     evaluation_arguments = ("nll_samples",)
 
     def __init__(

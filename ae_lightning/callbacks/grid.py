@@ -6,7 +6,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 
-from ae_lightning.autoencoders import Autoencoder, Denoising, Generative, Reconstructs
+from ae_lightning.autoencoders import Denoising, Generative, LatentModel, Reconstructs
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
 from ae_lightning.value_range import to_unit_interval
@@ -54,7 +54,7 @@ class SampleGrid:
         self._fixed: Batch | None = None
 
     @torch.no_grad()
-    def render(self, model: Autoencoder, fixed: Batch) -> Tensor:
+    def render(self, model: LatentModel, fixed: Batch) -> Tensor:
         """The grid as a (3, H, W) image in [0, 1]."""
         was_training = model.training
         model.eval()
@@ -75,7 +75,7 @@ class SampleGrid:
         grids = [make_grid(block, nrow=self.nrow, pad_value=1.0) for block in blocks]
         return stack_blocks([to_unit_interval(grid, model.value_range) for grid in grids])
 
-    def _rows_per_image(self, model: Autoencoder, fixed: Batch) -> list[Tensor]:
+    def _rows_per_image(self, model: LatentModel, fixed: Batch) -> list[Tensor]:
         """What the grid shows of each fixed image, one row each (the images alone for a model without a
         decoder)."""
         batch = fixed.to(model.device, model.dtype)

@@ -5,14 +5,14 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
-from ae_lightning.autoencoders import Autoencoder
+from ae_lightning.autoencoders import LatentModel
 from ae_lightning.errors import ConfigError
 
 
-def autoencoder_of(pl_module: "pl.LightningModule") -> Autoencoder:
+def autoencoder_of(pl_module: "pl.LightningModule") -> LatentModel:
     """The torch autoencoder a module holds as `model` (every module of `ae_lightning.models` does)."""
     model = dict(pl_module.named_children()).get("model")
-    if not isinstance(model, Autoencoder):
+    if not isinstance(model, LatentModel):
         raise ConfigError(
             f"{type(pl_module).__name__} holds no ae_lightning autoencoder as `model`: the picture callbacks "
             "draw with the modules of ae_lightning.models"

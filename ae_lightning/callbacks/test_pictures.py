@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from ae_lightning.autoencoders import Autoencoder, Conditional, Generative
+from ae_lightning.autoencoders import Autoencoder, Conditional, Generative, LatentModel
 from ae_lightning.batch import Batch
 from ae_lightning.callbacks.gather import Collected
 from ae_lightning.callbacks.grid import stack_blocks
@@ -163,7 +163,7 @@ class TestPictures(Callback):
 
     @torch.no_grad()
     def draw(
-        self, model: Autoencoder, data: dict[str, Tensor], threshold: float | None = None
+        self, model: LatentModel, data: dict[str, Tensor], threshold: float | None = None
     ) -> dict[str, Tensor]:
         """The pictures that apply, by name, each (3, H, W) in [0, 1]."""
         pictures: dict[str, Tensor] = {}

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ae_lightning.autoencoders.base import Autoencoder
+from ae_lightning.autoencoders.base import LatentModel
 from ae_lightning.batch import Batch
 from ae_lightning.evaluation.metric import EvaluationMetric, update_all
 from ae_lightning.evaluation.one_class import DEFAULT_ANOMALY_QUANTILE, ScoreQuantile
@@ -32,7 +32,7 @@ class Evaluator(nn.Module):
 
     def __init__(
         self,
-        model: Autoencoder,
+        model: LatentModel,
         anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE,
         metrics: Sequence[EvaluationMetric] = (),
     ) -> None:
@@ -50,7 +50,7 @@ class Evaluator(nn.Module):
         return [metric for metric in self.metrics if stage in metric.stages]
 
     @torch.no_grad()
-    def validation_batch(self, model: Autoencoder, batch: Batch) -> None:
+    def validation_batch(self, model: LatentModel, batch: Batch) -> None:
         """Collects the scores of normal images (one-class data) and updates the validation metrics."""
         if batch.gt_anomaly is not None:
             self.val_scores.update(model.anomaly_score(batch).float(), keep=~batch.gt_anomaly.bool())
@@ -73,7 +73,7 @@ class Evaluator(nn.Module):
             metric.prepare(data_features, device)
 
     @torch.no_grad()
-    def test_batch(self, model: Autoencoder, batch: Batch) -> None:
+    def test_batch(self, model: LatentModel, batch: Batch) -> None:
         """Updates the test metrics with a batch (measured over the whole set by `test_end`)."""
         update_all(self._at("test"), model, batch)
 

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from ae_lightning.autoencoders.base import Autoencoder
+from ae_lightning.autoencoders.base import LatentModel
 from ae_lightning.autoencoders.interface import Generative
 from ae_lightning.errors import ConfigError
 from ae_lightning.evaluation.metric import EvaluationMetric
@@ -75,7 +75,7 @@ class Generation(EvaluationMetric):
         #: the classifier, held outside the module's state (not saved in checkpoints, moved on first use)
         self.network: tuple[nn.Module, ...] = ()
 
-    def applies_to(self, model: Autoencoder) -> bool:
+    def applies_to(self, model: LatentModel) -> bool:
         return isinstance(model, Generative) and len(model.image_shape) == 3
 
     def prepare(self, data_features: nn.Module | None, device: torch.device) -> None:

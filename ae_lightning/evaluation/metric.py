@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ae_lightning.autoencoders.base import Autoencoder
+from ae_lightning.autoencoders.base import LatentModel
 from ae_lightning.autoencoders.interface import DiscreteCode, Generative, LogLikelihood, Reconstructs
 from ae_lightning.batch import Batch
 
@@ -30,7 +30,7 @@ class EvaluationMetric(nn.Module, ABC):
     reads: tuple[str, ...] = ()
     stages: tuple[str, ...] = ("test",)
 
-    def applies_to(self, model: Autoencoder) -> bool:
+    def applies_to(self, model: LatentModel) -> bool:
         """Whether `model` has what this metric reads (by its declared capabilities)."""
         return True
 
@@ -58,7 +58,7 @@ class EvaluationMetric(nn.Module, ABC):
         return any(getattr(child, "update_count", 0) > 0 for child in self.children())
 
 
-def model_outputs(model: Autoencoder, batch: Batch, names: Sequence[str]) -> dict[str, Tensor]:
+def model_outputs(model: LatentModel, batch: Batch, names: Sequence[str]) -> dict[str, Tensor]:
     """The batch's fields and the model's outputs named in `names`, each computed once (a missing batch
     field is left out)."""
     values: dict[str, Tensor] = {}
@@ -83,7 +83,7 @@ def model_outputs(model: Autoencoder, batch: Batch, names: Sequence[str]) -> dic
 
 
 @torch.no_grad()
-def update_all(metrics: Sequence[EvaluationMetric], model: Autoencoder, batch: Batch) -> None:
+def update_all(metrics: Sequence[EvaluationMetric], model: LatentModel, batch: Batch) -> None:
     """Updates each metric with what it reads of `batch` (a metric reading a field the batch lacks, such as
     `gt_anomaly` outside the one-class protocol, is left out)."""
     values = model_outputs(model, batch, [name for metric in metrics for name in metric.reads])

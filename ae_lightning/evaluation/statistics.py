@@ -6,7 +6,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MeanSquaredError, Metric
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
-from ae_lightning.autoencoders.base import Autoencoder
+from ae_lightning.autoencoders.base import LatentModel
 from ae_lightning.autoencoders.interface import DiscreteCode, GaussianPosterior, LogLikelihood, Reconstructs
 from ae_lightning.evaluation.generation import Generation
 from ae_lightning.evaluation.metric import EvaluationMetric
@@ -31,7 +31,7 @@ class Reconstruction(EvaluationMetric):
         self.mse = MeanSquaredError()
         self.ssim = StructuralSimilarityIndexMeasure(data_range=high - low) if images else None
 
-    def applies_to(self, model: Autoencoder) -> bool:
+    def applies_to(self, model: LatentModel) -> bool:
         return isinstance(model, Reconstructs)
 
     def update(self, values: dict[str, Tensor]) -> None:
@@ -58,7 +58,7 @@ class NegativeLogLikelihood(EvaluationMetric):
         # no NaN check (a wait for a GPU at every batch): a NaN likelihood shows as a NaN mean
         self.mean = MeanMetric(nan_strategy="disable")
 
-    def applies_to(self, model: Autoencoder) -> bool:
+    def applies_to(self, model: LatentModel) -> bool:
         return isinstance(model, LogLikelihood) and model.reports_likelihood()
 
     def update(self, values: dict[str, Tensor]) -> None:
@@ -127,7 +127,7 @@ class ActiveUnits(EvaluationMetric):
         super().__init__()
         self.count = ActiveUnitCount(latent_dim, threshold)
 
-    def applies_to(self, model: Autoencoder) -> bool:
+    def applies_to(self, model: LatentModel) -> bool:
         return isinstance(model, GaussianPosterior)
 
     def update(self, values: dict[str, Tensor]) -> None:
@@ -165,7 +165,7 @@ class CodeUsage(EvaluationMetric):
         super().__init__()
         self.counts = CodeCounts(codebook_size)
 
-    def applies_to(self, model: Autoencoder) -> bool:
+    def applies_to(self, model: LatentModel) -> bool:
         return isinstance(model, DiscreteCode)
 
     def update(self, values: dict[str, Tensor]) -> None:
@@ -175,7 +175,7 @@ class CodeUsage(EvaluationMetric):
         return self.counts.compute()
 
 
-def default_metrics(model: Autoencoder) -> list[EvaluationMetric]:
+def default_metrics(model: LatentModel) -> list[EvaluationMetric]:
     """What applies to `model`, by its declared capabilities: reconstruction quality, the NLL, the one-class
     measures (used where batches carry `gt_anomaly`), the samples' FID, active units, codebook usage."""
     candidates: list[EvaluationMetric] = [

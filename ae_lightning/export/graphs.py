@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ae_lightning.autoencoders import Autoencoder, Conditional, Reconstructs
+from ae_lightning.autoencoders import Autoencoder, Conditional, LatentModel, Reconstructs
 from ae_lightning.batch import Batch
 from ae_lightning.value_range import scale_pixels
 
@@ -20,7 +20,7 @@ class _Part(nn.Module):
     as they are, floats in the value range.
     """
 
-    def __init__(self, model: Autoencoder, binarized: bool = False) -> None:
+    def __init__(self, model: LatentModel, binarized: bool = False) -> None:
         super().__init__()
         self.model = model
         self.conditional = isinstance(model, Conditional)
@@ -56,7 +56,7 @@ class ScorerGraph(_Part):
     """inputs [, labels] -> (anomaly_score (B,), pred_anomaly (B,) bool: score > threshold). Without a
     threshold the decision is all False and `model.json` says so."""
 
-    def __init__(self, model: Autoencoder, threshold: float | None, binarized: bool = False) -> None:
+    def __init__(self, model: LatentModel, threshold: float | None, binarized: bool = False) -> None:
         super().__init__(model, binarized)
         self.register_buffer("threshold", torch.tensor(float("inf") if threshold is None else threshold))
 
@@ -96,7 +96,7 @@ class Graph:
 
 
 def graphs(
-    model: Autoencoder, threshold: float | None, batch: int = 2, binarized: bool = False
+    model: LatentModel, threshold: float | None, batch: int = 2, binarized: bool = False
 ) -> dict[str, Graph]:
     """The encoder, decoder (for a model that reconstructs) and scorer of `model` (in eval mode), with example
     inputs of `batch` items."""

@@ -6,6 +6,7 @@ from typing import Any, Literal
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from ae_lightning.autoencoders import Reconstructs
 from ae_lightning.errors import ConfigError
 from ae_lightning.export.writer import Format, export_model
 from ae_lightning.files import file_sha256
@@ -64,7 +65,9 @@ class AutoencoderTrainer(Trainer):
         written = export_model(
             model.model, format, output, model.anomaly_threshold, extra, overwrite, binarized, shipped
         )
-        rank_zero_info(f"Exported the encoder, decoder and scorer ({format}) of {ckpt_path} to {written}")
+        decoder = isinstance(model.model, Reconstructs)
+        parts = "encoder, decoder and scorer" if decoder else "encoder and scorer"
+        rank_zero_info(f"Exported the {parts} ({format}) of {ckpt_path} to {written}")
         return written
 
     def sample(

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ae_lightning.autoencoders import Autoencoder, Conditional
+from ae_lightning.autoencoders import Conditional, LatentModel
 from ae_lightning.errors import ConfigError
 from ae_lightning.export.graphs import NAMES, Graph, SamplerGraph, graphs
 from ae_lightning.files import new_folder
@@ -37,7 +37,7 @@ def require_onnx() -> None:
 
 
 def describe(
-    model: Autoencoder, threshold: float | None, files: dict[str, str], binarized: bool = False
+    model: LatentModel, threshold: float | None, files: dict[str, str], binarized: bool = False
 ) -> dict[str, Any]:
     """What a consumer needs to run the graphs, for model.json (the caller adds the data and checkpoint)."""
     low, high = model.value_range
@@ -71,17 +71,21 @@ def describe(
             if name in files
         },
         "outputs": {
-            "encoder": "latent (B, latent_dim): for a VAE the posterior mean",
-            "decoder": "reconstruction (B, *shape) in value_range: the output mean",
-            "scorer": "anomaly_score (B,): higher is more anomalous; pred_anomaly (B,): anomaly_score > "
-            "threshold"
-            + ("" if threshold is not None else " (no threshold in the checkpoint: always false)"),
+            name: meaning
+            for name, meaning in {
+                "encoder": "latent (B, latent_dim): for a VAE the posterior mean",
+                "decoder": "reconstruction (B, *shape) in value_range: the output mean",
+                "scorer": "anomaly_score (B,): higher is more anomalous; pred_anomaly (B,): anomaly_score > "
+                "threshold"
+                + ("" if threshold is not None else " (no threshold in the checkpoint: always false)"),
+            }.items()
+            if name in files  # a model without a decoder exports none
         },
     }
 
 
 def export_model(
-    model: Autoencoder,
+    model: LatentModel,
     format: Format,
     output: str | Path,
     threshold: float | None = None,
@@ -90,10 +94,10 @@ def export_model(
     binarized: bool = False,
     samplers: dict[str, nn.Module] | None = None,
 ) -> Path:
-    """Writes `encoder`, `decoder` and `scorer` of `model` (a float32 CPU copy, in eval mode) in `format`,
-    each with a dynamic batch dimension, and `model.json` (`describe` plus `extra`) into the folder `output`;
-    each of `samplers` (`ae_lightning.samplers`, by name) as `sampler_<name>`, noise -> latent, described in
-    `model.json` under `samplers`.
+    """Writes `encoder`, `decoder` (a model that reconstructs) and `scorer` of `model` (a float32 CPU copy, in
+    eval mode) in `format`, each with a dynamic batch dimension, and `model.json` (`describe` plus `extra`)
+    into the folder `output`; each of `samplers` (`ae_lightning.samplers`, by name) as `sampler_<name>`,
+    noise -> latent, described in `model.json` under `samplers`.
     `binarized`: the model was trained on binarised images (the graphs threshold the pixels). An existing
     `output` is refused unless `overwrite`; the folder is written beside it and renamed."""
     if format not in SUFFIXES:

@@ -1,5 +1,6 @@
 """LightningModules, one per autoencoder variant, around the torch models of `ae_lightning.autoencoders`."""
 
+from ae_lightning.models.deep_svdd import DeepSVDD
 from ae_lightning.models.module import AutoencoderModule
 from ae_lightning.models.variants import (
     AE,
@@ -26,8 +27,10 @@ from ae_lightning.models.variants import (
     DisentangledBetaVAE,
     FactorVAE,
     InfoVAE,
+    MemAE,
     PlanarFlowVAE,
     PoincareVAE,
+    RestorationAE,
     SparseAE,
     VampVAE,
 )
@@ -54,12 +57,15 @@ __all__ = [
     "BetaTCVAE",
     "ConditionalVAE",
     "ContractiveAE",
+    "DeepSVDD",
     "DenoisingAE",
     "DisentangledBetaVAE",
     "FactorVAE",
     "InfoVAE",
+    "MemAE",
     "PlanarFlowVAE",
     "PoincareVAE",
+    "RestorationAE",
     "SparseAE",
     "VampVAE",
 ]

@@ -8,7 +8,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from ae_lightning import multistep
-from ae_lightning.autoencoders import Autoencoder, Conditional, ReadsDatasetSize, SeveralOptimizers
+from ae_lightning.autoencoders import Conditional, LatentModel, ReadsDatasetSize, SeveralOptimizers
 from ae_lightning.batch import Batch
 from ae_lightning.data.contract import AutoencoderDataModule
 from ae_lightning.evaluation import EvaluationMetric, Evaluator
@@ -19,7 +19,8 @@ from ae_lightning.models.optimization import DEFAULT_OPTIMIZER
 
 
 class AutoencoderModule(CheckpointState, LightningModule):
-    """Trains, validates, tests and predicts with one torch autoencoder (`self.model`), which a variant
+    """Trains, validates, tests and predicts with one torch model (`self.model`, an autoencoder or another
+    `autoencoders.LatentModel`), which a variant
     builds in `build_autoencoder`; logs `{stage}/loss` and every loss term, and what `Evaluator` measures.
 
     Args:
@@ -105,12 +106,13 @@ class AutoencoderModule(CheckpointState, LightningModule):
         if isinstance(self.model, ReadsDatasetSize) and self.model.dataset_size is None:
             self.model.dataset_size = datamodule.split_size("train")
 
-    def build_autoencoder(self, **model_args: Any) -> Autoencoder:
+    def build_autoencoder(self, **model_args: Any) -> LatentModel:
         """The variant's torch model, built from the config's arguments."""
         raise NotImplementedError(f"{type(self).__name__} must build its autoencoder")
 
     def forward(self, *inputs: Tensor) -> Tensor:
-        """The torch model's reconstruction of images (and, for a conditional model, their labels)."""
+        """The torch model's output for images (and, for a conditional model, their labels): an autoencoder's
+        reconstruction, the code of a model without a decoder."""
         return self.model(*inputs)
 
     # --- training ---

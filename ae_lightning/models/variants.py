@@ -212,3 +212,19 @@ class VAEGAN(AutoencoderModule):
 
     def build_autoencoder(self, **model_args: Any) -> autoencoders.VAEGAN:
         return autoencoders.VAEGAN(**model_args)
+
+
+class RestorationAE(AutoencoderModule):
+    """The attribute-restoration autoencoder (`autoencoders.RestorationAE`): the anomaly score is the
+    restoration error over every fixed erasure."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.RestorationAE:
+        return autoencoders.RestorationAE(**model_args)
+
+
+class MemAE(AutoencoderModule):
+    """The memory-augmented autoencoder (`autoencoders.MemAE`): the decoder sees the memory's read of each
+    code; the loss terms add `entropy` and `memory_items` (items each code reads)."""
+
+    def build_autoencoder(self, **model_args: Any) -> autoencoders.MemAE:
+        return autoencoders.MemAE(**model_args)

@@ -19,22 +19,32 @@ DEFAULT_HIDDEN_DIMS: dict[str, tuple[int, ...]] = {"mlp": (400,), "conv": (32, 6
 
 
 def build_encoder(
-    backbone: Backbone, image_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int
+    backbone: Backbone,
+    image_shape: Sequence[int],
+    hidden_dims: Sequence[int],
+    out_dim: int,
+    bias: bool = True,
 ) -> nn.Module:
-    """Encoder mapping (B, C, H, W) images to (B, out_dim); `hidden_dims` run from the image side."""
+    """Encoder mapping (B, C, H, W) images to (B, out_dim); `hidden_dims` run from the image side; `bias`
+    False: no layer has a bias term."""
     if backbone == "mlp":
-        return MLPEncoder(image_shape, hidden_dims, out_dim)
-    return ConvEncoder(image_shape, hidden_dims, out_dim)
+        return MLPEncoder(image_shape, hidden_dims, out_dim, bias)
+    return ConvEncoder(image_shape, hidden_dims, out_dim, bias)
 
 
 def build_decoder(
-    backbone: Backbone, latent_dim: int, hidden_dims: Sequence[int], image_shape: Sequence[int]
+    backbone: Backbone,
+    latent_dim: int,
+    hidden_dims: Sequence[int],
+    image_shape: Sequence[int],
+    bias: bool = True,
 ) -> nn.Module:
-    """Decoder mirroring `build_encoder` with the same `hidden_dims` (given from the image side)."""
+    """Decoder mirroring `build_encoder` with the same `hidden_dims` (given from the image side); `bias`
+    False: no layer has a bias term."""
     mirrored = list(reversed(hidden_dims))
     if backbone == "mlp":
-        return MLPDecoder(latent_dim, mirrored, image_shape)
-    return ConvDecoder(latent_dim, mirrored, image_shape)
+        return MLPDecoder(latent_dim, mirrored, image_shape, bias)
+    return ConvDecoder(latent_dim, mirrored, image_shape, bias)
 
 
 __all__ = [

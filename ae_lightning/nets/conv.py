@@ -21,17 +21,21 @@ def feature_map_sizes(image_shape: Sequence[int], levels: int) -> list[tuple[int
 
 
 class ConvEncoder(nn.Module):
-    """Stride-2 convolutions with ReLU (each halves the side), then a linear map to `out_dim` values."""
+    """Stride-2 convolutions with ReLU (each halves the side), then a linear map to `out_dim` values; `bias`
+    False: no layer has a bias term."""
 
-    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], out_dim: int) -> None:
+    def __init__(
+        self, image_shape: Sequence[int], channels: Sequence[int], out_dim: int, bias: bool = True
+    ) -> None:
         super().__init__()
         in_channels = image_shape[0]
         layers: list[nn.Module] = []
         for out_channels in channels:
-            layers += [nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=bias), nn.ReLU()]
             in_channels = out_channels
         height, width = feature_map_sizes(image_shape, len(channels))[-1]
-        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(in_channels * height * width, out_dim))
+        linear = nn.Linear(in_channels * height * width, out_dim, bias=bias)
+        self.net = nn.Sequential(*layers, nn.Flatten(), linear)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, out_dim)."""
@@ -42,16 +46,19 @@ class ConvDecoder(nn.Module):
     """Mirror of `ConvEncoder`: a linear map to the smallest feature map, then stride-2 transposed
     convolutions back to the image size; the output is unbounded (the caller applies the activation).
 
-    `channels` runs from the latent side towards the image, e.g. (64, 32) mirrors an encoder of (32, 64).
+    `channels` runs from the latent side towards the image, e.g. (64, 32) mirrors an encoder of (32, 64);
+    `bias` False: no layer has a bias term.
     """
 
-    def __init__(self, latent_dim: int, channels: Sequence[int], image_shape: Sequence[int]) -> None:
+    def __init__(
+        self, latent_dim: int, channels: Sequence[int], image_shape: Sequence[int], bias: bool = True
+    ) -> None:
         super().__init__()
         image_channels = image_shape[0]
         # the encoder's feature map sizes, smallest first: each transposed conv must land exactly on the next
         sizes = feature_map_sizes(image_shape, len(channels))[::-1]
         layers: list[nn.Module] = [
-            nn.Linear(latent_dim, channels[0] * sizes[0][0] * sizes[0][1]),
+            nn.Linear(latent_dim, channels[0] * sizes[0][0] * sizes[0][1], bias=bias),
             nn.ReLU(),
             nn.Unflatten(1, (channels[0], *sizes[0])),
         ]
@@ -62,7 +69,9 @@ class ConvDecoder(nn.Module):
                 after - (2 * before - 1) for before, after in zip(sizes[level], sizes[level + 1], strict=True)
             )
             layers.append(
-                nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=1, output_padding=output_padding)
+                nn.ConvTranspose2d(
+                    in_ch, out_ch, 3, stride=2, padding=1, output_padding=output_padding, bias=bias
+                )
             )
             if level < len(channels) - 1:
                 layers.append(nn.ReLU())

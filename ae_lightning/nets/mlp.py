@@ -8,22 +8,27 @@ import torch
 from torch import Tensor, nn
 
 
-def _relu_stack(dims: Sequence[int]) -> list[nn.Module]:
+def _relu_stack(dims: Sequence[int], bias: bool = True) -> list[nn.Module]:
     """Linear layers between consecutive `dims`, each followed by a ReLU."""
     layers: list[nn.Module] = []
     for in_dim, out_dim in pairwise(dims):
-        layers += [nn.Linear(in_dim, out_dim), nn.ReLU()]
+        layers += [nn.Linear(in_dim, out_dim, bias=bias), nn.ReLU()]
     return layers
 
 
 class MLPEncoder(nn.Module):
-    """Flattens an image and maps it through ReLU hidden layers to a vector of `out_dim` values."""
+    """Flattens an image and maps it through ReLU hidden layers to a vector of `out_dim` values; `bias`
+    False: no layer has a bias term."""
 
-    def __init__(self, image_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int) -> None:
+    def __init__(
+        self, image_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int, bias: bool = True
+    ) -> None:
         super().__init__()
         dims = [prod(image_shape), *hidden_dims]
         self.num_hidden_layers = len(hidden_dims)
-        self.net = nn.Sequential(nn.Flatten(), *_relu_stack(dims), nn.Linear(dims[-1], out_dim))
+        self.net = nn.Sequential(
+            nn.Flatten(), *_relu_stack(dims, bias), nn.Linear(dims[-1], out_dim, bias=bias)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, out_dim)."""
@@ -51,14 +56,16 @@ class MLPEncoder(nn.Module):
 
 class MLPDecoder(nn.Module):
     """Maps a latent vector through ReLU hidden layers to an image of unbounded values (the caller
-    applies the output activation that suits the likelihood)."""
+    applies the output activation that suits the likelihood); `bias` False: no layer has a bias term."""
 
-    def __init__(self, latent_dim: int, hidden_dims: Sequence[int], image_shape: Sequence[int]) -> None:
+    def __init__(
+        self, latent_dim: int, hidden_dims: Sequence[int], image_shape: Sequence[int], bias: bool = True
+    ) -> None:
         super().__init__()
         dims = [latent_dim, *hidden_dims]
         self.net = nn.Sequential(
-            *_relu_stack(dims),
-            nn.Linear(dims[-1], prod(image_shape)),
+            *_relu_stack(dims, bias),
+            nn.Linear(dims[-1], prod(image_shape), bias=bias),
             nn.Unflatten(1, tuple(image_shape)),
         )
 
