@@ -144,7 +144,7 @@ def table(state: dict[str, Any], dataset: str) -> str:
     seeds = sorted(
         {int(s) for config, data, _, s in parts if data == dataset and not config.startswith("PCA")}
     )
-    header = ["method", "mean AUROC", *map(str, classes), "lowest class", "fit s/run"]
+    header = ["method", "mean AUROC", *map(str, classes), "lowest class", "fit s (median)"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     pca = f"PCA-{settings['components']}"
     for config in (config for config in configs if config != pca):
@@ -164,7 +164,7 @@ def table(state: dict[str, Any], dataset: str) -> str:
             f"**{summary(by_seed)}**" if by_seed else "-",
             *(f"{statistics.mean(per_class[c]):.3f}" for c in classes),
             f"{lowest} ({statistics.mean(per_class[lowest]):.3f})",
-            f"{statistics.mean(seconds):.0f}",
+            f"{statistics.median(seconds):.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     pca_runs = [runs.get(run_key(pca, dataset, c, 0), {}).get("test/auroc", math.nan) for c in classes]

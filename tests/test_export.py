@@ -117,14 +117,18 @@ def test_exported_files_hold_no_training_only_parts(data_dir: Path, in_tmp: Path
         assert not list(frozen.parameters())  # frozen: the weights are constants of the graph
 
 
-def test_score_gives_predicts_scores_without_lightning(data_dir: Path, in_tmp: Path) -> None:
+@pytest.mark.parametrize(
+    "config", ["anomaly", *(pytest.param(c, marks=pytest.mark.slow) for c in ("one_class", "deep_svdd"))]
+)
+def test_score_gives_predicts_scores_without_lightning(config: str, data_dir: Path, in_tmp: Path) -> None:
     """`cli.py score` on the test IDX file, through the real entry point, in a process that must not import
-    Lightning, gives the scores and decisions `predict` wrote."""
-    flags = ["--config", str(CONFIGS / "anomaly.yaml"), *tiny_for(CONFIGS / "anomaly.yaml", data_dir)]
+    Lightning, gives the scores and decisions `predict` wrote: for the plain AE, the shaped score of
+    one_class.yaml and Deep SVDD's distance (no decoder)."""
+    flags = ["--config", str(CONFIGS / f"{config}.yaml"), *tiny_for(CONFIGS / f"{config}.yaml", data_dir)]
     main(["fit", *flags])
     main(["predict", *flags, "--ckpt_path=last"])
     main(["export", *flags, "--ckpt_path=last", f"--output={in_tmp / 'exported'}"])
-    predicted = list(csv.DictReader((run_folder(in_tmp, "anomaly", 1) / "predictions.csv").open()))
+    predicted = list(csv.DictReader((run_folder(in_tmp, config, 1) / "predictions.csv").open()))
     check = (
         "import runpy, sys; sys.argv = sys.argv[1:]\n"
         "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"

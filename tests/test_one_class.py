@@ -15,7 +15,7 @@ from ae_lightning.autoencoders.scoring import gaussian_blur, residual_score
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
 from benchmarks import one_class as protocol
-from tests.conftest import REPO, VAL_SIZE
+from tests.conftest import REPO, VAL_SIZE, run_and_fail, tiny
 
 
 def test_the_residual_score_by_hand() -> None:
@@ -188,3 +188,21 @@ def test_the_one_class_harness_runs_from_the_command_line_and_resumes(data_dir: 
     again = subprocess.run(more_seeds, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "4 of 8 runs done, 4 to go" in again.stdout and len(json.loads(out.read_text())["runs"]) == 12
+
+
+@pytest.mark.parametrize(
+    ("config", "flag", "message"),
+    [
+        ("restoration_ae", "--model.erasures=[twist]", "erasures must be distinct names"),
+        ("one_class", "--model.score_smoothing=-1", "score_smoothing must be a standard deviation"),
+        ("memae", "--model.memory_size=0", "memory_size"),
+        ("deep_svdd", "--model.nu=1.5", "nu"),
+    ],
+)
+def test_bad_one_class_arguments_are_one_line_through_the_cli(
+    config: str, flag: str, message: str, data_dir: Path, in_tmp: Path, capsys: pytest.CaptureFixture
+) -> None:
+    line = run_and_fail(
+        ["fit", "--config", str(REPO / "configs" / f"{config}.yaml"), *tiny(data_dir), flag], capsys
+    )
+    assert message in line and not (in_tmp / "runs").exists()  # nothing written
