@@ -89,8 +89,8 @@ class LatentModel(nn.Module, ABC):
         self.add_networks()
         if not self.bias:
             # a variant whose networks are its own (e.g. label-conditioned) may not honour the flag
-            kept = [name for name, _ in self.named_parameters() if name.endswith(".bias")]
-            kept = [name for name in kept if name.startswith(("encoder.", "decoder."))]
+            networks = ("encoder.", "decoder.")
+            kept = [n for n, _ in self.named_parameters() if n.startswith(networks) and n.endswith(".bias")]
             if kept:
                 raise ConfigError(
                     f"{type(self).__name__} cannot drop the bias terms of its networks ({kept[0]}): "
@@ -151,15 +151,10 @@ class Autoencoder(LatentModel, Reconstructs):
     """An autoencoder in plain PyTorch that owns its objective: the plain (undercomplete) one, and the base
     of every variant with a decoder, which overrides what is its own (`loss_terms`, `code`, ...).
 
-    Train it in any loop: `loss = model.loss_terms(batch)["loss"].mean()`. `model.train()` gives the
-    training objective (a variant may corrupt, sample or update a codebook), `model.eval()` the evaluation
-    one; `step` (optimizer steps taken) drives schedules such as a KL warm-up.
+    Train it as a `LatentModel`; `model.train()` may corrupt, sample or update a codebook.
 
     Args:
-        latent_dim: size of the code.
-        backbone: `mlp` (fully connected) or `conv` (stride-2 convolutions, images of any size).
-        hidden_dims: widths of the hidden layers (mlp) or channels of the convolutions (conv), from the image
-            side; the decoder mirrors them. Default: [400] for mlp, [32, 64] for conv.
+        latent_dim, backbone, hidden_dims: as `LatentModel`; the decoder mirrors the encoder.
         likelihood: `gaussian` (reconstruction term = summed squared error) or `bernoulli` (binary
             cross-entropy with logits; needs data in [0, 1]).
         image_shape: (C, H, W) of the images, or (D,) of vector data (MLP only); the CLI takes it from the
@@ -204,13 +199,8 @@ class Autoencoder(LatentModel, Reconstructs):
                 "set --data.value_range '[0, 1]' (and --data.binarize true for binarised images), "
                 "or use likelihood 'gaussian'"
             )
-        check_score_shape(score_smoothing, score_normalization, self.image_shape)
-        shaped = score_smoothing > 0 or score_normalization != "none"
-        if shaped and not self.scores_by_reconstruction:
-            raise ConfigError(
-                f"{type(self).__name__}'s anomaly score is not a reconstruction error: leave "
-                "score_smoothing at 0 and score_normalization at none (they shape AE-like scores)"
-            )
+        name, by_reconstruction = type(self).__name__, self.scores_by_reconstruction
+        check_score_shape(score_smoothing, score_normalization, self.image_shape, name, by_reconstruction)
         self.score_smoothing = float(score_smoothing)
         self.score_normalization = score_normalization
 

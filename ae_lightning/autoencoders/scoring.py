@@ -15,9 +15,16 @@ from ae_lightning.errors import ConfigError
 ScoreNormalization = Literal["none", "intensity"]
 
 
-def check_score_shape(smoothing: float, normalization: str, image_shape: tuple[int, ...]) -> None:
-    """Refuses, in one line, a smoothing that is negative or that vector data cannot take, and an unknown
-    normalization."""
+def check_score_shape(
+    smoothing: float, normalization: str, image_shape: tuple[int, ...], model: str, by_reconstruction: bool
+) -> None:
+    """Refuses, in one line, a smoothing that is negative or that vector data cannot take, an unknown
+    normalization, and either for a `model` whose score is not a reconstruction error."""
+    if (smoothing > 0 or normalization != "none") and not by_reconstruction:
+        raise ConfigError(
+            f"{model}'s anomaly score is not a reconstruction error: leave score_smoothing at 0 and "
+            "score_normalization at none (they shape AE-like scores)"
+        )
     if not smoothing >= 0:
         raise ConfigError(
             f"score_smoothing must be a standard deviation in pixels >= 0 (0: off), got {smoothing}"
