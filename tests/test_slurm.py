@@ -103,7 +103,7 @@ def test_sbatch_trains_two_ranks_and_resumes_after_requeue(tmp_path: Path) -> No
     for expected in (
         "GLOBAL_RANK: 0, MEMBER: 1/2",
         "GLOBAL_RANK: 1, MEMBER: 2/2",
-        f"Requeued SLURM job: {job}",
+        f"Requeuing SLURM job: {job}",
         f"job {job} (restart 1)",
         f"Restored all states from the checkpoint at runs/slurm/{job}/hpc_ckpt_1.ckpt",
         "`Trainer.fit` stopped: `max_epochs=3` reached.",

@@ -118,12 +118,12 @@ def requeue_slurm_job() -> None:
     """`scontrol requeue` of this job (of its array task), as Lightning's requeue does."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    # said before, not after: the requeue ends this job's processes, often before `scontrol` returns here
+    rank_zero_info(f"Requeuing SLURM job: {job}")
     try:
         done = subprocess.run(["scontrol", "requeue", job], check=False, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
         rank_zero_warn(f"Requeuing SLURM job {job} failed: {err}")
         return
-    if done.returncode == 0:
-        rank_zero_info(f"Requeued SLURM job: {job}")
-    else:
+    if done.returncode != 0:
         rank_zero_warn(f"Requeuing SLURM job {job} failed with error code {done.returncode}")
