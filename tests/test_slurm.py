@@ -90,11 +90,13 @@ def test_sbatch_trains_two_ranks_and_resumes_after_requeue(tmp_path: Path) -> No
         def restarted() -> bool:
             if "restart 1" in log.read_text():
                 return True
-            if job_state(job) == "PENDING":
+            if job_state(job) in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
+                # a busy controller may hold a requeued job: release it, and let it start now
+                subprocess.run(["scontrol", "release", job], timeout=30, capture_output=True)
                 subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=30)
             return False
 
-        wait_for(restarted, 240, "the requeued job to start")
+        wait_for(restarted, 480, "the requeued job to start")
         finished = lambda: job_state(job) == "" and not time.sleep(2) and job_state(job) == ""  # noqa: E731
         wait_for(finished, 240, "the requeued job to finish")
     finally:
