@@ -21,6 +21,8 @@ class Batch:
         gt_anomaly: (B,) bool, the true one-class label (True: not a normal class), in the one-class protocol.
         index: (B,) int64 position of each item in its dataset (predictions are written in that order).
         coordinates: (B, k) the true coordinates of points sampled on a k-dimensional manifold.
+        gt_mask: (B, H, W) bool, the true defect pixels of each image (all False on a normal one), where the
+            data set has masks (the one-class folder layout's `ground_truth/`).
     """
 
     inputs: Tensor
@@ -28,6 +30,7 @@ class Batch:
     gt_anomaly: Tensor | None = None
     index: Tensor | None = None
     coordinates: Tensor | None = None
+    gt_mask: Tensor | None = None
 
     def __len__(self) -> int:
         return self.inputs.shape[0]

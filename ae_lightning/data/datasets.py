@@ -22,6 +22,10 @@ class ImageTensorDataset(Dataset[Batch]):
     With `rows` (N,) int64 the items are the rows `rows` of `images`, which may hold more (a memory-mapped
     array of a whole folder shared by its splits); only the rows a batch asks for are read. `paths` (N,)
     names the file of each item, for predictions.
+
+    With `masks` (M, 1, H, W) uint8 (decoded ground-truth masks, possibly memory-mapped and shared by the
+    splits) and `mask_rows` (N,) int64 (the row of `masks` of each item, -1: no mask, all False), items
+    carry `gt_mask`, (H, W) or (B, H, W) bool: True where the mask's value is over 127.
     """
 
     def __init__(
@@ -33,9 +37,15 @@ class ImageTensorDataset(Dataset[Batch]):
         gt_anomaly: Tensor | None = None,
         rows: Tensor | None = None,
         paths: list[str] | None = None,
+        masks: Tensor | None = None,
+        mask_rows: Tensor | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if (masks is None) != (mask_rows is None):
+            raise ValueError("masks and mask_rows come together")
+        if masks is not None and (masks.dtype != torch.uint8 or masks.shape[1:] != (1, *images.shape[2:])):
+            raise ValueError(f"masks must be uint8 (M, 1, H, W) like the images, got {tuple(masks.shape)}")
         self.images = images
         self.labels = labels
         self.low, self.high = value_range
@@ -43,14 +53,19 @@ class ImageTensorDataset(Dataset[Batch]):
         self.gt_anomaly = gt_anomaly
         self.rows = rows
         self.paths = paths
+        self.masks = masks
+        self.mask_rows = mask_rows
 
     def __len__(self) -> int:
         return self.images.shape[0] if self.rows is None else len(self.rows)
 
     @property
     def nbytes(self) -> int:
-        """The memory its images and labels take once on a device."""
-        return len(self) * self.images[0].nbytes + (0 if self.labels is None else self.labels.nbytes)
+        """The memory its images, labels and masks take once on a device."""
+        size = len(self) * self.images[0].nbytes + (0 if self.labels is None else self.labels.nbytes)
+        if self.masks is not None:
+            size += int((self.mask_rows >= 0).sum()) * self.masks[0].nbytes + self.mask_rows.nbytes
+        return size
 
     @property
     def device(self) -> torch.device:
@@ -58,7 +73,7 @@ class ImageTensorDataset(Dataset[Batch]):
         return self.images.device
 
     def to(self, device: torch.device | str) -> "ImageTensorDataset":
-        """Keeps images and labels on `device` (in place; only this dataset's rows); returns self."""
+        """Keeps images, labels and masks on `device` (in place; only this dataset's rows); returns self."""
         if self.rows is not None and torch.device(device).type != "cpu":
             # row by row into the device's memory: no host copy of the whole split in every process
             self.images, self.rows = gather_rows(self.images, self.rows, device), None
@@ -69,6 +84,12 @@ class ImageTensorDataset(Dataset[Batch]):
             self.labels = self.labels.to(device)
         if self.gt_anomaly is not None:
             self.gt_anomaly = self.gt_anomaly.to(device)
+        if self.masks is not None:
+            present = self.mask_rows >= 0
+            used, compact = self.mask_rows[present].unique(return_inverse=True)  # each mask once
+            mask_rows = torch.full_like(self.mask_rows, -1)
+            mask_rows[present] = compact
+            self.masks, self.mask_rows = gather_rows(self.masks, used, device), mask_rows.to(device)
         return self
 
     def read_in_batches(self) -> "BatchReads":
@@ -89,7 +110,20 @@ class ImageTensorDataset(Dataset[Batch]):
         x = scale_pixels(self.images[rows], (self.low, self.high), "sample" if self.binarize else None)
         gt_anomaly = None if self.gt_anomaly is None else self.gt_anomaly[index]
         labels = None if self.labels is None else self.labels[index]
-        return Batch(x, labels, gt_anomaly, index)
+        return Batch(x, labels, gt_anomaly, index, gt_mask=self._gt_mask(index))
+
+    def _gt_mask(self, index: Tensor) -> Tensor | None:
+        """(H, W) or (B, H, W) bool for a 0-d or (B,) `index` (on the device of the data); None without
+        masks."""
+        if self.masks is None:
+            return None
+        mask_rows = self.mask_rows[index]
+        if len(self.masks) == 0:  # a split of normal images only
+            return torch.zeros(
+                (*mask_rows.shape, *self.masks.shape[2:]), dtype=torch.bool, device=index.device
+            )
+        masks = self.masks[mask_rows.clamp(min=0)][..., 0, :, :] > 127
+        return masks & (mask_rows >= 0)[..., None, None]
 
 
 #: rows copied to a device at a time by `gather_rows` (64 MB)

@@ -4,7 +4,7 @@ import os
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -13,8 +13,31 @@ from ae_lightning.data.base import ImageDataModule, Split, held_out
 from ae_lightning.data.datasets import ImageTensorDataset
 from ae_lightning.data.image_cache import DecodedImages, DecodeSettings, decode_images, default_cache_dir
 from ae_lightning.data.image_files import RESIZE_MODES, Resize, image_files, image_size_of
-from ae_lightning.data.layouts import LAYOUTS, Layout, Listing, no_images, scan_folder
+from ae_lightning.data.layouts import (
+    LAYOUTS,
+    MISSING_MASKS,
+    Layout,
+    Listing,
+    MissingMasks,
+    no_images,
+    scan_folder,
+)
+from ae_lightning.data.masks import decode_masks
 from ae_lightning.errors import ConfigError, DataError
+
+
+class _Items(NamedTuple):
+    """A split's items: their rows of the decoded images and masks (-1: none), labels and files."""
+
+    rows: torch.Tensor
+    labels: torch.Tensor
+    paths: list[str]
+    mask_rows: torch.Tensor
+
+    def pick(self, index: torch.Tensor) -> "_Items":
+        """The items at `index` (N,)."""
+        rows, labels, mask_rows = self.rows[index], self.labels[index], self.mask_rows[index]
+        return _Items(rows, labels, [self.paths[i] for i in index.tolist()], mask_rows)
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -30,7 +53,9 @@ class ImageFolderDataModule(ImageDataModule):
         `root/test/good/` and `root/test/<defect>/` for any number of defects, optionally `root/val/` like
         test. Training and validation (held out of train/good unless `root/val/` exists) see normal images;
         every batch carries `gt_anomaly` (not in `good`), so `test` reports AUROC, AUPR and F1 at the
-        threshold from validation. Picked by `auto` when `root/train/` holds only `good/`.
+        threshold from validation. Picked by `auto` when `root/train/` holds only `good/`. With
+        `root/ground_truth/<defect>/<name>_mask.png` (MVTec AD) the validation and test batches carry
+        `gt_mask` too: each defect image's mask, all False for a normal image (docs/data.md).
 
     Files ending in .png, .jpg, .jpeg, .bmp or .webp (any case) are images, searched in subfolders too;
     other and hidden files are ignored. Each image is decoded with torchvision (PIL for BMP), converted to
@@ -44,6 +69,9 @@ class ImageFolderDataModule(ImageDataModule):
             `one_class` (root/train/good/, root/test/good/, root/test/<defect>/) or `auto`: picked by what is
             there (docs/data.md).
         normal_class: the folder name of the normal images in the one-class layout.
+        missing_masks: in the one-class layout with `root/ground_truth/`, what a defect image without its
+            mask (`ground_truth/<defect>/<name>_mask.png`) or a mask without its image does: `error` stops
+            with its name, `drop` leaves the image out of its split (or ignores the mask) with a warning.
         image_size: the (height, width) every image is fitted to, or one number for a square; None: the size
             of the first training image (in path order).
         resize: how an image of another size is fitted: `crop` (scale to cover, cut the centre out; keeps
@@ -75,6 +103,7 @@ class ImageFolderDataModule(ImageDataModule):
         root: str | Path,
         layout: Layout = "auto",
         normal_class: str = "good",
+        missing_masks: MissingMasks = "error",
         image_size: int | Sequence[int] | None = None,
         resize: Resize = "crop",
         channels: int = 3,
@@ -94,6 +123,8 @@ class ImageFolderDataModule(ImageDataModule):
         super().__init__(batch_size, num_workers, split_seed, value_range, resident, steps_per_call)
         if layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+        if missing_masks not in MISSING_MASKS:
+            raise ConfigError(f"missing_masks must be one of {list(MISSING_MASKS)}, got {missing_masks!r}")
         if resize not in RESIZE_MODES:
             raise ConfigError(f"resize must be one of {list(RESIZE_MODES)}, got {resize!r}")
         if channels not in (1, 3):
@@ -113,6 +144,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.layout, self.normal_class, self.image_size = layout, normal_class, image_size
         self.resize, self.channels, self.skip_corrupt = resize, channels, skip_corrupt
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.missing_masks = missing_masks
         self.root = Path(root).expanduser()
         self.predict_root = None if predict_root is None else Path(predict_root).expanduser()
         self.cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
@@ -137,7 +169,7 @@ class ImageFolderDataModule(ImageDataModule):
     @cached_property
     def listing(self) -> Listing:
         """The files of the data set by split, and the class names (scanned once)."""
-        return scan_folder(self.root, self.layout, self.normal_class)
+        return scan_folder(self.root, self.layout, self.normal_class, self.missing_masks)
 
     @property
     def class_names(self) -> list[str]:  # type: ignore[override]
@@ -184,36 +216,56 @@ class ImageFolderDataModule(ImageDataModule):
             rank_zero_warn(f"{what}: left out {count} files that do not decode, the first {path}: {reason}")
         return decoded
 
+    def _decode_folder(
+        self,
+    ) -> tuple[DecodedImages, dict[str, torch.Tensor], torch.Tensor | None, dict[str, torch.Tensor]]:
+        """(the decoded images, the row of each file per split (-1: did not decode), the decoded masks (None:
+        the data set has none), the row of each file's mask per split (-1: none))."""
+        listing = self.listing
+        decoded = self._decode(self._all_files(), f"images of {self.root}")
+        counts = [len(files) for files in listing.files.values()]
+        image_rows = dict(zip(listing.files, decoded.rows.split(counts), strict=True))
+        if not listing.masks:
+            return decoded, image_rows, None, {}
+        masks, mask_rows = decode_masks(
+            listing, image_rows, self.settings, self.cache_dir, self.decode_workers, self.skip_corrupt,
+            f"masks of {self.root}",
+        )  # fmt: skip
+        return decoded, image_rows, masks, mask_rows
+
     def prepare_data(self) -> None:
         """Decodes the files into the cache (once per node; a cached set is not decoded again)."""
-        self._decode(self._all_files(), f"images of {self.root}")
+        self._decode_folder()
         if self.predict_root is not None:
             self._decode(self._predict_files(), f"images of {self.predict_root}")
 
     def load_splits(self) -> dict[Split, ImageTensorDataset]:
         """The splits over the decoded images: the folders' own, and the held-out ones."""
         listing = self.listing
-        decoded = self._decode(self._all_files(), f"images of {self.root}")
-        items: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
-        start = 0
+        decoded, image_rows, masks, mask_rows = self._decode_folder()
+        items: dict[str, _Items] = {}
         for split, files in listing.files.items():
-            rows = decoded.rows[start : start + len(files)]
-            start += len(files)
-            decodable = (rows >= 0).nonzero().flatten()
-            labels = torch.tensor(listing.labels[split], dtype=torch.int64)[decodable]
-            items[split] = (rows[decodable], labels, [str(files[i]) for i in decodable.tolist()])
-        total = len(items["train"][0])  # the shares are of the images there before any is held out
+            rows, labels = image_rows[split], torch.tensor(listing.labels[split], dtype=torch.int64)
+            split_masks = mask_rows.get(split, torch.full_like(rows, -1))
+            keep = rows >= 0
+            if masks is not None:  # a defect image whose mask did not decode is left out (skip_corrupt)
+                keep &= (labels == 0) | (split_masks >= 0)
+            every = _Items(rows, labels, list(map(str, files)), split_masks)
+            items[split] = every.pick(keep.nonzero().flatten())
+        total = len(items["train"].rows)  # the shares are of the images there before any is held out
         for split, share in (("test", self.test_fraction), ("val", self.val_fraction)):
             if split not in items:
                 items["train"], items[split] = self._hold_out(items["train"], round(total * share), split)
         one_class = listing.layout == "one_class"
         datasets: dict[Split, ImageTensorDataset] = {}
         for split in ("train", "val", "test"):
-            rows, labels, paths = items[split]
+            rows, labels, paths, split_masks = items[split]
             gt_anomaly = labels != 0 if one_class else None
+            with_masks = masks is not None and split != "train"  # training sees normal images only
             datasets[split] = ImageTensorDataset(
-                decoded.images, labels, self.value_range, gt_anomaly=gt_anomaly, rows=rows, paths=paths
-            )
+                decoded.images, labels, self.value_range, gt_anomaly=gt_anomaly, rows=rows, paths=paths,
+                masks=masks if with_masks else None, mask_rows=split_masks if with_masks else None,
+            )  # fmt: skip
         if self.predict_root is not None:
             files = self._predict_files()
             predicted = self._decode(files, f"images of {self.predict_root}")
@@ -227,21 +279,14 @@ class ImageFolderDataModule(ImageDataModule):
             )
         return datasets
 
-    def _hold_out(
-        self, train: tuple[torch.Tensor, torch.Tensor, list[str]], count: int, split: str
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor, list[str]], tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    def _hold_out(self, train: _Items, count: int, split: str) -> tuple[_Items, _Items]:
         """(the rest of train, `count` items held out of it by `split_seed`)."""
-        rows, labels, paths = train
         count = max(1, count)
-        if count >= len(rows):
+        if count >= len(train.rows):
             raise DataError(
-                f"holding out {count} of the {len(rows)} training images of {self.root} for {split} "
+                f"holding out {count} of the {len(train.rows)} training images of {self.root} for {split} "
                 f"(--data.{split}_fraction) leaves none to train on: lower it, or add images or a {split}/"
             )
         seed = self.split_seed + (1 if split == "test" else 0)
-        kept, held = held_out(len(rows), count, seed)
-
-        def pick(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-            return rows[index], labels[index], [paths[i] for i in index.tolist()]
-
-        return pick(kept.sort().values), pick(held.sort().values)
+        kept, held = held_out(len(train.rows), count, seed)
+        return train.pick(kept.sort().values), train.pick(held.sort().values)

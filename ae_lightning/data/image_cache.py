@@ -2,8 +2,10 @@
 
 The array is a `.npy` file memory-mapped when read, so a data set larger than the memory can still be
 served (the operating system pages it in as batches ask for it). Its name is a hash of the files (path,
-size, modification time) and of the settings that shape the pixels (size, resize mode, channels): a file
-added, removed or changed, or another setting, decodes again; the split settings do not.
+size, modification time) and of the settings that shape the pixels (size, resize mode, channels,
+interpolation): a file added, removed or changed, or another setting, decodes again; the split settings do
+not. Ground-truth masks are decoded the same way, into a cache of their own (nearest interpolation, each
+checked against the size of its image).
 """
 
 import hashlib
@@ -24,12 +26,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ae_lightning.data.image_files import Resize, fit_to_size, read_image
+from ae_lightning.data.image_files import Interpolation, Resize, fit_to_size, image_size_of, read_image
 from ae_lightning.errors import DataError
 from ae_lightning.files import atomic_write, folder_lock, write_failure
 
 #: bump when the decoding changes what the pixels of a cached array are
 CACHE_VERSION = 1
+#: how the reason of a file that is not the size of its `like` file begins (`decode_images`)
+SIZE_MISMATCH = "not the size of"
 
 
 def default_cache_dir() -> Path:
@@ -40,15 +44,17 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    """What decides the pixels of a decoded image: its (H, W), the resize mode and the channel count."""
+    """What decides the pixels of a decoded image: its (H, W), the resize mode, the channel count and the
+    interpolation (`nearest` for masks)."""
 
     size: tuple[int, int]
     resize: Resize
     channels: int
+    interpolation: Interpolation = "bilinear"
 
     def decode(self, path: Path) -> Tensor:
         """The file decoded and fitted, uint8 (channels, H, W)."""
-        return fit_to_size(read_image(path, self.channels), self.size, self.resize)
+        return fit_to_size(read_image(path, self.channels), self.size, self.resize, self.interpolation)
 
 
 @dataclass
@@ -66,14 +72,19 @@ class DecodedImages:
     failures: list[tuple[str, str]]
 
 
-def cache_key(files: Sequence[Path], settings: DecodeSettings) -> str:
-    """A hash of the files (absolute path, size, modification time) and the decode settings."""
-    digest = hashlib.sha256(
-        json.dumps([CACHE_VERSION, list(settings.size), settings.resize, settings.channels]).encode()
-    )
+def cache_key(files: Sequence[Path], settings: DecodeSettings, like: Sequence[Path] | None = None) -> str:
+    """A hash of the files (absolute path, size, modification time), the decode settings and the `like`
+    files (see `decode_images`)."""
+    described = [CACHE_VERSION, list(settings.size), settings.resize, settings.channels]
+    if settings.interpolation != "bilinear":  # the images' keys stay those of the caches already written
+        described.append(settings.interpolation)
+    digest = hashlib.sha256(json.dumps(described).encode())
     for path in files:
         stat = path.stat()
         digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    if like is not None:
+        digest.update(b"like\n")
+        digest.update(cache_key(like, settings).encode())
     return digest.hexdigest()[:32]
 
 
@@ -86,14 +97,19 @@ def failure_reason(err: Exception) -> str:
 class _Decode(Dataset):
     """Item i: (i, the decoded image or None, why it failed or None); run in DataLoader workers."""
 
-    def __init__(self, files: Sequence[Path], settings: DecodeSettings) -> None:
-        self.files, self.settings = files, settings
+    def __init__(self, files: Sequence[Path], settings: DecodeSettings, like: Sequence[Path] | None) -> None:
+        self.files, self.settings, self.like = files, settings, like
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[int, Tensor | None, str | None]:
         try:
+            if self.like is not None:
+                size, expected = image_size_of(self.files[i]), image_size_of(self.like[i])
+                if size != expected:
+                    sizes = "{}x{} against {}x{}".format(*size, *expected)
+                    return i, None, f"{SIZE_MISMATCH} its image ({sizes}, height x width)"
             return i, self.settings.decode(self.files[i]), None
         except (OSError, RuntimeError, ValueError) as err:
             return i, None, failure_reason(err)
@@ -105,16 +121,18 @@ def decode_images(
     cache_dir: Path,
     workers: int,
     description: str = "images",
+    like: Sequence[Path] | None = None,
 ) -> DecodedImages:
     """The images of `files`, from the cache in `cache_dir` or decoded now (with `workers` processes and
-    a progress bar) and cached there."""
-    key = cache_key(files, settings)
+    a progress bar) and cached there. With `like` (a file per file: a mask's image), a file whose size
+    (before fitting) is not that of its `like` file fails, with a reason beginning with `SIZE_MISMATCH`."""
+    key = cache_key(files, settings, like)
     array_path, index_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if not (index_path.is_file() and array_path.is_file()):
         # one process at a time per cache (nodes sharing it): the next finds the cache the first wrote
         with folder_lock(cache_dir):
             if not (index_path.is_file() and array_path.is_file()):
-                _decode_into(files, settings, array_path, index_path, workers, description)
+                _decode_into(files, settings, array_path, index_path, workers, description, like)
     try:
         index = json.loads(index_path.read_text())
         # copy-on-write: writable for torch, the file is never changed
@@ -138,6 +156,7 @@ def _decode_into(
     index_path: Path,
     workers: int,
     description: str,
+    like: Sequence[Path] | None,
 ) -> None:
     """Decodes `files` into a new `.npy` array (rows in file order, failures left out) and writes the
     index last, so a cache is complete or absent; on an error nothing is left."""
@@ -150,7 +169,7 @@ def _decode_into(
         # reserve the space now: a full disk is an error here, not a crash while writing through the map
         with open(temp, "r+b") as file:
             os.posix_fallocate(file.fileno(), 0, os.path.getsize(temp))
-        rows, failures = _decode_rows(files, settings, array, workers, description)
+        rows, failures = _decode_rows(_Decode(files, settings, like), array, workers, description)
         array.flush()
         del array
         os.replace(temp, array_path)
@@ -175,11 +194,12 @@ def _decode_into(
 
 
 def _decode_rows(
-    files: Sequence[Path], settings: DecodeSettings, array: np.ndarray, workers: int, description: str
+    decode: _Decode, array: np.ndarray, workers: int, description: str
 ) -> tuple[list[int], list[tuple[str, str]]]:
     """Decodes every file into the next free row of `array`, in file order; returns each file's row (-1
     when it failed) and the failures."""
-    loader = DataLoader(_Decode(files, settings), batch_size=16, num_workers=workers, collate_fn=list)
+    files = decode.files
+    loader = DataLoader(decode, batch_size=16, num_workers=workers, collate_fn=list)
     rows: list[int] = []
     failures: list[tuple[str, str]] = []
     with tqdm(total=len(files), desc=f"Decoding {description}", unit="img", disable=None) as bar:

@@ -9,12 +9,15 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import InterpolationMode
 
 #: the files taken as images (by suffix, any case); others are ignored
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 Resize = Literal["crop", "pad", "stretch"]
 RESIZE_MODES: tuple[str, ...] = ("crop", "pad", "stretch")
+#: how pixels are resampled: `bilinear` (antialiased) for images, `nearest` for masks (values are kept)
+Interpolation = Literal["bilinear", "nearest"]
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -58,18 +61,25 @@ def _read_with_pil(path: Path, channels: int) -> Tensor:
     return torch.from_numpy(array.copy()).reshape(*array.shape[:2], channels).permute(2, 0, 1).contiguous()
 
 
-def fit_to_size(image: Tensor, size: Sequence[int], resize: Resize) -> Tensor:
-    """Resizes a (C, h, w) uint8 image to (C, H, W) = (C, *size) (bilinear, antialiased).
+def fit_to_size(
+    image: Tensor, size: Sequence[int], resize: Resize, interpolation: Interpolation = "bilinear"
+) -> Tensor:
+    """Resizes a (C, h, w) uint8 image to (C, H, W) = (C, *size): `bilinear` (antialiased), or `nearest`
+    (pixel-centre aligned like bilinear, so a mask stays on its image; no new values).
 
     `crop` keeps the aspect ratio: scaled until it covers H x W, then the centre is cut out. `pad` keeps
-    the aspect ratio: scaled until it fits inside H x W, then centred on black. `stretch` scales each side
-    on its own (the aspect ratio changes)."""
+    the aspect ratio: scaled until it fits inside H x W, then centred on black (0). `stretch` scales each
+    side on its own (the aspect ratio changes)."""
     height, width = size
     h, w = image.shape[-2:]
     if (h, w) == (height, width):
         return image
+    if interpolation == "nearest":
+        mode, antialias = InterpolationMode.NEAREST_EXACT, False
+    else:
+        mode, antialias = InterpolationMode.BILINEAR, True
     if resize == "stretch":
-        return TF.resize(image, [height, width], antialias=True)
+        return TF.resize(image, [height, width], interpolation=mode, antialias=antialias)
     cover = resize == "crop"
     scale = max(height / h, width / w) if cover else min(height / h, width / w)
     scaled = [max(1, round(h * scale)), max(1, round(w * scale))]
@@ -77,7 +87,7 @@ def fit_to_size(image: Tensor, size: Sequence[int], resize: Resize) -> Tensor:
         scaled = [max(scaled[0], height), max(scaled[1], width)]
     else:
         scaled = [min(scaled[0], height), min(scaled[1], width)]
-    image = TF.resize(image, scaled, antialias=True)
+    image = TF.resize(image, scaled, interpolation=mode, antialias=antialias)
     if cover:
         return TF.center_crop(image, [height, width])
     top, left = (height - scaled[0]) // 2, (width - scaled[1]) // 2
