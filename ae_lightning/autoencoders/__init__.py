@@ -5,7 +5,8 @@ with Lightning.
 """
 
 from ae_lightning.autoencoders.adversarial import AdversarialAE
-from ae_lightning.autoencoders.base import AE, Autoencoder, LatentModel
+from ae_lightning.autoencoders.ae import AE
+from ae_lightning.autoencoders.base import Autoencoder, LatentModel
 from ae_lightning.autoencoders.contractive import ContractiveAE
 from ae_lightning.autoencoders.cvae import ConditionalVAE
 from ae_lightning.autoencoders.dae import DenoisingAE
@@ -21,6 +22,7 @@ from ae_lightning.autoencoders.interface import (
     DiscreteCode,
     GaussianPosterior,
     Generative,
+    Localizes,
     LogLikelihood,
     OptimizedPart,
     ReadsDatasetSize,
@@ -77,6 +79,7 @@ __all__ = [
     "Generative",
     "InfoVAE",
     "LatentModel",
+    "Localizes",
     "LogLikelihood",
     "MemAE",
     "OptimizedPart",

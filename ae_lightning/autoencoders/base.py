@@ -1,23 +1,29 @@
 """The base of every model: its encoder and the interface the framework uses (`LatentModel`), and of every
 autoencoder: its decoder and likelihood (`Autoencoder`)."""
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ae_lightning.autoencoders.interface import Reconstructs
-from ae_lightning.autoencoders.scoring import ScoreNormalization, check_score_shape, residual_score
+from ae_lightning.autoencoders.interface import Localizes, Reconstructs
+from ae_lightning.autoencoders.scoring import (
+    MapMeasure,
+    ScoreFromMap,
+    ScoreNormalization,
+    ScoreShape,
+    check_score_shape,
+)
+from ae_lightning.autoencoders.similarity import ssim_loss
 from ae_lightning.batch import Batch
 from ae_lightning.errors import ConfigError
 from ae_lightning.nets import DEFAULT_HIDDEN_DIMS, Backbone, build_decoder, build_encoder
 from ae_lightning.value_range import check_value_range
 
-Likelihood = Literal["gaussian", "bernoulli"]
+Likelihood = Literal["gaussian", "bernoulli", "ssim"]
 #: where a model's codes live (`LatentModel.latent_space`)
 LatentSpace = Literal["euclidean", "sphere", "poincare_ball", "discrete"]
 
@@ -147,29 +153,30 @@ class LatentModel(nn.Module, ABC):
         return next(self.parameters()).dtype
 
 
-class Autoencoder(LatentModel, Reconstructs):
+class Autoencoder(LatentModel, Reconstructs, Localizes):
     """An autoencoder in plain PyTorch that owns its objective: the plain (undercomplete) one, and the base
     of every variant with a decoder, which overrides what is its own (`loss_terms`, `code`, ...).
 
     Train it as a `LatentModel`; `model.train()` may corrupt, sample or update a codebook.
 
     Args:
-        latent_dim, backbone, hidden_dims: as `LatentModel`; the decoder mirrors the encoder.
-        likelihood: `gaussian` (reconstruction term = summed squared error) or `bernoulli` (binary
-            cross-entropy with logits; needs data in [0, 1]).
-        image_shape: (C, H, W) of the images, or (D,) of vector data (MLP only); the CLI takes it from the
-            datamodule.
-        value_range: range of the data, [-1, 1] or [0, 1]; the CLI takes it from the datamodule. It picks
-            the output activation of the gaussian decoder (tanh or sigmoid).
-        bias: whether the encoder's and decoder's layers have bias terms (`--model.bias false`: bias-free
-            networks, e.g. to pretrain the encoder of a `DeepSVDD`).
+        latent_dim, backbone, hidden_dims, image_shape, value_range, bias: as `LatentModel`; the decoder
+            mirrors the encoder, and its output activation follows the value range (tanh or sigmoid).
+        likelihood: `gaussian` (reconstruction term = summed squared error), `bernoulli` (binary
+            cross-entropy with logits; needs data in [0, 1]) or `ssim` (images: (1 - SSIM) x pixels, the
+            loss of AE-SSIM; not a likelihood).
         score_smoothing: the anomaly score's Gaussian, in pixels: the residual (image - reconstruction) is
             smoothed before it is squared, so a stroke a pixel aside counts less than a missing one (0: the
             score is the reconstruction loss itself).
         score_normalization: `intensity` divides the anomaly score by the image's total intensity above the
-            bottom of the value range, so a thin digit is not normal merely because little of it can be
-            wrong; `none` leaves it. Either shaping makes the score the squared residual of the output mean
-            (`scoring.residual_score`); only models whose score is a reconstruction error take them.
+            bottom of the value range (a thin digit is not normal merely because little of it can be wrong).
+            Either shaping makes the score the squared residual of the output mean (`scoring`); only models
+            whose score is a reconstruction error take them.
+        map_measure: what each pixel of the anomaly map (`anomaly_map`, (B, H, W)) measures: `squared_error`
+            of the residual (smoothed first by `score_smoothing`), averaged over channels, or `ssim`: 1 - the
+            local SSIM (AE-SSIM, Bergmann et al. 2019), smoothed after by `score_smoothing`.
+        score_from_map: `max` or `mean` makes the image score that of its anomaly map (divided by the ink
+            with `score_normalization: intensity`); `none` keeps the reconstruction error.
     """
 
     #: whether `anomaly_score` is a reconstruction error, which `score_smoothing` and `score_normalization`
@@ -187,9 +194,11 @@ class Autoencoder(LatentModel, Reconstructs):
         bias: bool = True,
         score_smoothing: float = 0.0,
         score_normalization: ScoreNormalization = "none",
+        map_measure: MapMeasure = "squared_error",
+        score_from_map: ScoreFromMap = "none",
     ) -> None:
-        if likelihood not in ("gaussian", "bernoulli"):
-            raise ConfigError(f"likelihood must be 'gaussian' or 'bernoulli', got {likelihood!r}")
+        if likelihood not in ("gaussian", "bernoulli", "ssim"):
+            raise ConfigError(f"likelihood must be 'gaussian', 'bernoulli' or 'ssim', got {likelihood!r}")
         # before the base builds the networks (`build_networks` may read it)
         self.likelihood = likelihood
         super().__init__(latent_dim, backbone, hidden_dims, image_shape, value_range, bias)
@@ -199,10 +208,15 @@ class Autoencoder(LatentModel, Reconstructs):
                 "set --data.value_range '[0, 1]' (and --data.binarize true for binarised images), "
                 "or use likelihood 'gaussian'"
             )
+        if likelihood == "ssim" and len(self.image_shape) != 3:
+            raise ConfigError("likelihood 'ssim' compares images (C, H, W): vector data take 'gaussian'")
         name, by_reconstruction = type(self).__name__, self.scores_by_reconstruction
-        check_score_shape(score_smoothing, score_normalization, self.image_shape, name, by_reconstruction)
-        self.score_smoothing = float(score_smoothing)
-        self.score_normalization = score_normalization
+        shape = (score_smoothing, score_normalization, self.image_shape, name, by_reconstruction)
+        check_score_shape(*shape, map_measure, score_from_map)
+        #: how the map and the score are made of a reconstruction
+        self.score_shape = ScoreShape(
+            float(score_smoothing), score_normalization, map_measure, score_from_map, self.value_range
+        )
 
     def add_networks(self) -> None:
         """Sets the encoder and the decoder that `build_networks` makes (in that order)."""
@@ -234,7 +248,7 @@ class Autoencoder(LatentModel, Reconstructs):
 
     def output_mean(self, decoder_output: Tensor) -> Tensor:
         """Maps raw decoder output to the mean of the output distribution in the data's value range."""
-        if self.likelihood == "gaussian" and self.value_range == (-1.0, 1.0):
+        if self.likelihood != "bernoulli" and self.value_range == (-1.0, 1.0):
             return torch.tanh(decoder_output)
         return torch.sigmoid(decoder_output)
 
@@ -244,6 +258,8 @@ class Autoencoder(LatentModel, Reconstructs):
         Computed in float32 whatever the precision: a sum over 784 pixels in bfloat16 keeps ~3 digits.
         """
         decoder_output, x = decoder_output.float(), x.float()
+        if self.likelihood == "ssim":
+            return ssim_loss(self.output_mean(decoder_output), x, self.value_range)
         if self.likelihood == "bernoulli":
             per_pixel = F.binary_cross_entropy_with_logits(decoder_output, x, reduction="none")
         else:
@@ -267,31 +283,18 @@ class Autoencoder(LatentModel, Reconstructs):
 
     def reconstruction_score(self, inputs: Tensor, target: Tensor) -> Tensor:
         """The anomaly score of reconstructing `target` from the code of `inputs`: the reconstruction error,
-        or, with `score_smoothing` or `score_normalization`, the shaped squared residual. (B,)"""
-        if self.score_smoothing == 0 and self.score_normalization == "none":
+        or shaped as the score options say (`score_shape`). (B,)"""
+        if not self.score_shape.reshapes:
             return self.reconstruction_error(inputs, target)
-        reconstruction = self.decode(self.code(inputs))
-        return residual_score(
-            target, reconstruction, self.score_smoothing, self.score_normalization, *self.value_range
-        )
+        return self.score_shape.score(target, self.decode(self.code(inputs)))
+
+    def anomaly_map(self, batch: Batch) -> Tensor:
+        """Where each image is anomalous: the map of its reconstruction (`score_shape`), (B, H, W) float32."""
+        return self.score_shape.map(batch.inputs, self.reconstruct(batch))
+
+    def localizes(self) -> bool:
+        return len(self.image_shape) == 3
 
     def anomaly_score(self, batch: Batch) -> Tensor:
         """Reconstruction error of each image, shaped as the score options say (higher: anomalous), (B,)."""
         return self.reconstruction_score(batch.inputs, batch.inputs)
-
-
-class AE(Autoencoder):
-    """Undercomplete autoencoder: a code smaller than the image, so the identity map is out of reach.
-
-    Takes the arguments of `Autoencoder`.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        input_dim = math.prod(self.image_shape)
-        if self.latent_dim >= input_dim:
-            raise ConfigError(
-                f"AE needs latent_dim < the input size {input_dim} ({'x'.join(map(str, self.image_shape))}), "
-                f"got {self.latent_dim}: a code as large as the input lets the model learn the identity map. "
-                "Use a smaller latent_dim, or DenoisingAE / VAE, whose objectives rule the identity out."
-            )

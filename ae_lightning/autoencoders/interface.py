@@ -29,6 +29,19 @@ class Reconstructs(ABC):
         """The reconstruction of each input, (B, *input_shape)."""
 
 
+class Localizes(ABC):
+    """A model that says where an image is anomalous: a per-pixel anomaly map, of which its image score is a
+    summary. The localisation metrics, the heat maps, `predict` and the exported scorer ask for it."""
+
+    @abstractmethod
+    def anomaly_map(self, batch: Batch) -> Tensor:
+        """The anomaly map of each image (higher: more anomalous there), (B, H, W) float32."""
+
+    @abstractmethod
+    def localizes(self) -> bool:
+        """Whether it gives maps for its data (images do; vectors have no pixels to map)."""
+
+
 class GaussianPosterior(ABC):
     """A model whose encoder gives a diagonal Gaussian posterior q(z | x); its `latent` is the posterior
     mean. The active-units statistic reads it."""

@@ -84,18 +84,20 @@ class RestorationAE(Autoencoder, Denoising):
         ]
         return self.erase(x, torch.stack(ways, 1))
 
-    def restoration_error(self, x: Tensor, scored: bool = False) -> Tensor:
-        """The reconstruction loss of `x` from each fixed view, averaged over the views, (B,); `scored`: each
-        view's anomaly score instead (`reconstruction_score`: shaped as the score options say)."""
-        errors = []
+    def erased_views(self, x: Tensor) -> list[Tensor]:
+        """`x` erased in each fixed view's ways (`views`), one (B, C, H, W) tensor per view."""
+        erased = []
         for view in self.views():
             # filled on the device: a tensor of the view's numbers would be copied from the host at each call
             ways = torch.stack([torch.full((x.shape[0],), way, device=x.device) for way in view], 1)
-            erased = self.erase(x, ways)
-            errors.append(
-                self.reconstruction_score(erased, x) if scored else self.reconstruction_error(erased, x)
-            )
-        return torch.stack(errors).mean(0)
+            erased.append(self.erase(x, ways))
+        return erased
+
+    def restoration_error(self, x: Tensor, scored: bool = False) -> Tensor:
+        """The reconstruction loss of `x` from each fixed view, averaged over the views, (B,); `scored`: each
+        view's anomaly score instead (`reconstruction_score`: shaped as the score options say)."""
+        measure = self.reconstruction_score if scored else self.reconstruction_error
+        return torch.stack([measure(erased, x) for erased in self.erased_views(x)]).mean(0)
 
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
         x = batch.inputs
@@ -107,6 +109,12 @@ class RestorationAE(Autoencoder, Denoising):
     def anomaly_score(self, batch: Batch) -> Tensor:
         """The restoration score averaged over every view (higher: more anomalous), (B,)."""
         return self.restoration_error(batch.inputs, scored=True)
+
+    def anomaly_map(self, batch: Batch) -> Tensor:
+        """The map of each view's restoration, averaged over the views, (B, H, W) float32."""
+        x = batch.inputs
+        maps = [self.score_shape.map(x, self.decode(self.code(erased))) for erased in self.erased_views(x)]
+        return torch.stack(maps).mean(0)
 
 
 def quadrant_masks(height: int, width: int, device: torch.device) -> Tensor:

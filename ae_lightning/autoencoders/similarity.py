@@ -112,3 +112,17 @@ def ssim(
 ) -> Tensor:
     """The mean SSIM of each image pair (B, C, H, W) -> (B,) over the valid window positions, float32."""
     return ms_ssim(prediction, target, value_range, kernel_size, scales=1)
+
+
+def ssim_loss(prediction: Tensor, target: Tensor, value_range: tuple[float, float]) -> Tensor:
+    """(1 - SSIM) of each image pair (B, C, H, W) times its number of values, (B,) float32: the training
+    loss of AE-SSIM (Bergmann et al., VISAPP 2019), on the scale of a summed squared error. SSIM is the mean
+    over the valid window positions, not clipped (below 0 it still has a gradient, unlike `ms_ssim`'s); the
+    window is 11 pixels, or the widest odd one the images hold."""
+    kernel_size = min(11, (min(target.shape[-2:]) - 1) // 2 * 2 + 1)
+    with torch.autocast(prediction.device.type, enabled=False):
+        data_range = value_range[1] - value_range[0]
+        luminance, contrast_structure = ssim_parts(
+            prediction.float(), target.float(), data_range, kernel_size
+        )
+        return (1 - (luminance * contrast_structure).flatten(1).mean(1)) * target[0].numel()
