@@ -16,8 +16,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ae_lightning.autoencoders import VAE
 from ae_lightning.batch import Batch
-from ae_lightning.callbacks import FeatureQuality, PredictionWriter
-from ae_lightning.callbacks.test_pictures import ANOMALY_COLOUR, NORMAL_COLOUR, histogram_image, scatter_image
+from ae_lightning.callbacks import FeatureQuality, PredictionWriter, plots
 from ae_lightning.cli import main
 from ae_lightning.data import MNISTDataModule
 from ae_lightning.errors import ConfigError
@@ -169,7 +168,8 @@ def test_predict_writes_one_ordered_file_and_its_csv(data_dir: Path, in_tmp: Pat
     predicted = main(["predict", "--config", AE, *tiny(data_dir), "--ckpt_path", str(ckpt)])
     run = run_folder(in_tmp, "ae", version=1)
     predictions = read_predictions(run)
-    assert set(predictions) == {"latent", "anomaly_score", "labels", "index"}  # no threshold: no flag
+    # no threshold: no flag; an image autoencoder localises: a map per image
+    assert set(predictions) == {"latent", "anomaly_score", "anomaly_map", "labels", "index"}
     assert torch.equal(predictions["index"], torch.arange(NUM_TEST))
     assert torch.equal(predictions["labels"], predicted.datamodule.datasets["test"].labels)
     assert predictions["latent"].shape == (NUM_TEST, 20)
@@ -178,6 +178,7 @@ def test_predict_writes_one_ordered_file_and_its_csv(data_dir: Path, in_tmp: Pat
     with torch.no_grad():
         torch.testing.assert_close(predictions["latent"], model.latent(images))
         torch.testing.assert_close(predictions["anomaly_score"], model.anomaly_score(images))
+        torch.testing.assert_close(predictions["anomaly_map"], model.anomaly_map(images))
 
     with (run / "predictions.csv").open() as file:
         rows = list(csv.DictReader(file))
@@ -405,29 +406,24 @@ def test_test_logs_mse_psnr_and_ssim_of_the_reconstructions(name: str, data_dir:
 
 def test_scatter_and_histogram_are_drawn_to_size() -> None:
     points, labels = torch.randn(50, 2), torch.arange(50) % 10
-    assert scatter_image(points, labels, size=200).shape == (3, 200, 200)
-    histogram = histogram_image(torch.randn(100), torch.randn(30) + 3, threshold=1.0, size=(300, 120))
-    assert histogram.shape == (3, 120, 300) and histogram.min() >= 0 and histogram.max() <= 1
-    # the two colours are there: blue bars of normal scores, red bars of anomalous ones
+    scatter = plots.scatter_picture(points, labels)
+    assert scatter.shape == (3, 600, 700) and scatter.min() >= 0 and scatter.max() <= 1
+    histogram = plots.histogram_picture(torch.randn(100), torch.randn(30) + 3, threshold=1.0)
+    assert histogram.shape == (3, 420, 760) and histogram.min() >= 0 and histogram.max() <= 1
+    # the two colours are there: blue outlines of normal scores' bars, red of anomalous ones (tab10's)
     pixels = {tuple(pixel) for pixel in (histogram * 255).round().long().flatten(1).T.tolist()}
-    assert {NORMAL_COLOUR, ANOMALY_COLOUR} <= pixels
+    assert {(31, 119, 180), (214, 39, 40)} <= pixels
 
 
 def test_anomaly_run_draws_the_most_and_least_anomalous_images(data_dir: Path, in_tmp: Path) -> None:
     main(["fit", "--config", ANOMALY, *tiny(data_dir)])
     ckpt = run_folder(in_tmp, "anomaly") / "checkpoints" / "last.ckpt"
-    tested = main(["test", "--config", ANOMALY, *tiny(data_dir), "--ckpt_path", str(ckpt)])
+    main(["test", "--config", ANOMALY, *tiny(data_dir), "--ckpt_path", str(ckpt)])
     run = run_folder(in_tmp, "anomaly", version=1)
-    anomalies = read_png(run / "anomalies.png")
-    # two blocks of 16 test images in rows of 8 (30-pixel cells), 6 pixels apart
-    assert anomalies.shape == (3, 2 * (2 * 30 + 2) + 6, 8 * 30 + 2)
-    assert read_png(run / "anomaly_histogram.png").shape == (3, 300, 600)
-    model = type(tested.model).load_from_checkpoint(ckpt).model.eval()
-    images = tested.datamodule.datasets["test"].images
-    with torch.no_grad():
-        most = model.anomaly_score(Batch(images.float() / 255)).argmax()
-    # the first cell is the most anomalous image (the PNG holds its pixels, 0-255, on all 3 channels)
-    assert torch.equal(anomalies[0, 2:30, 2:30], images[most, 0])
+    # 4 most and 4 least anomalous test images, a row each: input, reconstruction, heat map; a colorbar
+    assert read_png(run / "anomalies.png").shape == (3, *plots.anomalies_size(8, 3, 4, with_colorbar=True))
+    assert read_png(run / "roc_pr.png").shape == (3, 480, 1000)
+    assert read_png(run / "anomaly_histogram.png").shape == (3, 420, 760)
 
 
 def test_a_2d_vae_draws_an_interpolation_grid_and_a_latent_scatter(data_dir: Path, in_tmp: Path) -> None:
@@ -438,8 +434,9 @@ def test_a_2d_vae_draws_an_interpolation_grid_and_a_latent_scatter(data_dir: Pat
     run = run_folder(in_tmp, "vae", version=1)
     # 8 pairs, each: image, 8 decoded codes, image
     assert read_png(run / "interpolation.png").shape == (3, 8 * 30 + 2, 10 * 30 + 2)
-    assert read_png(run / "latent_scatter.png").shape == (3, 480, 480)
-    assert not (run / "anomalies.png").exists()  # no anomaly targets, no anomaly pictures
+    assert read_png(run / "latent_scatter.png").shape == (3, 600, 700)
+    for name in ("anomalies", "roc_pr", "anomaly_histogram"):  # no anomaly targets, no anomaly pictures
+        assert not (run / f"{name}.png").exists()
 
 
 def logged_test_metrics(run: Path) -> dict[str, float]:
@@ -553,7 +550,7 @@ def test_a_metric_of_one_class_is_added_by_one_line_of_the_command(data_dir: Pat
     metric = '--model.metrics+={"class_path": "tests.metrics.WorstReconstruction"}'
     fitted = main(["fit", "--config", AE, *tiny(data_dir), metric])
     names = [type(m).__name__ for m in fitted.model.evaluator.metrics]
-    assert names == ["Reconstruction", "OneClass", "WorstReconstruction"]
+    assert names == ["Reconstruction", "OneClass", "Localisation", "WorstReconstruction"]
     tested = main(["test", "--config", AE, *tiny(data_dir), metric, "--ckpt_path=last"])
     model = tested.model.model.eval()
     test = tested.datamodule.datasets["test"]
@@ -572,15 +569,16 @@ def test_the_default_metrics_follow_the_models_capabilities() -> None:
     def names(model) -> list[str]:
         return [type(metric).__name__ for metric in default_metrics(model)]
 
-    assert names(TorchAE(latent_dim=4, hidden_dims=[16])) == ["Reconstruction", "OneClass"]
+    assert names(TorchAE(latent_dim=4, hidden_dims=[16])) == ["Reconstruction", "OneClass", "Localisation"]
     bernoulli = VAE(latent_dim=3, hidden_dims=[16], likelihood="bernoulli")
-    generative = ["OneClass", "Generation", "ActiveUnits"]
+    generative = ["OneClass", "Localisation", "Generation", "ActiveUnits"]
     assert names(bernoulli) == ["Reconstruction", "NegativeLogLikelihood", *generative]
     assert names(VAE(latent_dim=3, hidden_dims=[16])) == ["Reconstruction", *generative]
     vectors = VAE(latent_dim=1, hidden_dims=[8], image_shape=(3,), value_range=(-1, 1))
-    assert "Generation" not in names(vectors)  # the samples' FID compares images
-    assert names(TorchVQVAE(latent_dim=8, code_dim=4, hidden_dims=[16])) == ["Reconstruction", "OneClass",
-                                                                            "CodeUsage"]  # fmt: skip
+    # the samples' FID compares images; vectors have no pixels to map
+    assert "Generation" not in names(vectors) and "Localisation" not in names(vectors)
+    vqvae = TorchVQVAE(latent_dim=8, code_dim=4, hidden_dims=[16])
+    assert names(vqvae) == ["Reconstruction", "OneClass", "Localisation", "CodeUsage"]
     spiral = TorchAE(latent_dim=1, hidden_dims=[8], image_shape=(3,), value_range=(-1, 1))
     assert default_metrics(spiral)[0].ssim is None  # no SSIM of vectors
 

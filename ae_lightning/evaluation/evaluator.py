@@ -6,7 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from ae_lightning.autoencoders.base import LatentModel
+from ae_lightning.autoencoders.interface import Localizes
 from ae_lightning.batch import Batch
+from ae_lightning.evaluation.maps import Localisation, MapCalibration, PixelCalibration
 from ae_lightning.evaluation.metric import EvaluationMetric, update_all
 from ae_lightning.evaluation.one_class import DEFAULT_ANOMALY_QUANTILE, ScoreQuantile
 from ae_lightning.evaluation.statistics import OneClass, default_metrics
@@ -18,7 +20,9 @@ class Evaluator(nn.Module):
 
     - One-class (batches with `gt_anomaly`): each validation pass sets `threshold` to the `anomaly_quantile`
       of the anomaly scores of the (normal) validation images, so about (1 - q) of normal data is flagged;
-      the `OneClass` metric then reports `f1` of `score > threshold` at test.
+      the `OneClass` metric then reports `f1` of `score > threshold` at test. A model that localises
+      (`Localizes`) has its maps calibrated on the same images (`map_calibration`: their range, and the
+      same quantile of their pixels as the pixel threshold), which `Localisation` uses at test.
     - The metrics: by default those that apply to the model's declared capabilities (`default_metrics`:
       reconstruction quality, the NLL, the one-class measures, active units, codebook usage), plus
       `metrics`; each is updated at the stages it names, with what it reads, and read at the epoch's end.
@@ -45,6 +49,9 @@ class Evaluator(nn.Module):
         ]
         self.metrics = nn.ModuleList([*defaults, *given])
         self.threshold: float | None = None
+        self.pixel_calibration = PixelCalibration(anomaly_quantile)
+        #: the range and pixel threshold of the normal validation maps (saved with the next checkpoint)
+        self.map_calibration: MapCalibration | None = None
 
     def _at(self, stage: str) -> list[EvaluationMetric]:
         return [metric for metric in self.metrics if stage in metric.stages]
@@ -53,7 +60,10 @@ class Evaluator(nn.Module):
     def validation_batch(self, model: LatentModel, batch: Batch) -> None:
         """Collects the scores of normal images (one-class data) and updates the validation metrics."""
         if batch.gt_anomaly is not None:
-            self.val_scores.update(model.anomaly_score(batch).float(), keep=~batch.gt_anomaly.bool())
+            normal = ~batch.gt_anomaly.bool()
+            self.val_scores.update(model.anomaly_score(batch).float(), keep=normal)
+            if isinstance(model, Localizes) and model.localizes():
+                self.pixel_calibration.update(model.anomaly_map(batch).float(), normal)
         update_all(self._at("val"), model, batch)
 
     def validation_end(self) -> dict[str, Tensor | float]:
@@ -64,13 +74,22 @@ class Evaluator(nn.Module):
             self.threshold = self.val_scores.compute().item()
             self.val_scores.reset()
             results["anomaly_threshold"] = self.threshold
+        if self.pixel_calibration.update_count > 0:
+            self.map_calibration = self.pixel_calibration.calibration()
+            self.pixel_calibration.reset()
+            results["pixel_threshold"] = self.map_calibration.pixel_threshold
         return results | self._read(self._at("val"))
 
-    def prepare(self, data_features: nn.Module | None, device: torch.device) -> None:
+    def prepare(
+        self, data_features: nn.Module | None, device: torch.device, test_pixels: int | None = None
+    ) -> None:
         """Hands every metric what the data offers before a test (its feature network, or None), and the
-        model's device (moved there before the first batch, not in one)."""
+        model's device (moved there before the first batch, not in one); the localisation metrics take the
+        map calibration and `test_pixels`, the pixels of the whole test set (None: not known)."""
         for metric in self.metrics:
             metric.prepare(data_features, device)
+            if isinstance(metric, Localisation):
+                metric.calibrate(self.map_calibration, test_pixels, device)
 
     @torch.no_grad()
     def test_batch(self, model: LatentModel, batch: Batch) -> None:
@@ -86,6 +105,8 @@ class Evaluator(nn.Module):
         results = self._read(self._at("test"))
         if "auroc" in results and self.threshold is not None:
             results["anomaly_threshold"] = self.threshold
+        if "pixel_f1" in results:
+            results["pixel_threshold"] = self.map_calibration.pixel_threshold
         return results
 
     @staticmethod

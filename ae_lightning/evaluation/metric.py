@@ -8,12 +8,18 @@ import torch
 from torch import Tensor, nn
 
 from ae_lightning.autoencoders.base import LatentModel
-from ae_lightning.autoencoders.interface import DiscreteCode, Generative, LogLikelihood, Reconstructs
+from ae_lightning.autoencoders.interface import (
+    DiscreteCode,
+    Generative,
+    Localizes,
+    LogLikelihood,
+    Reconstructs,
+)
 from ae_lightning.batch import Batch
 
 #: what a metric can read: a field of the `Batch`, or an output of the model computed once per batch
-BATCH_FIELDS = ("inputs", "labels", "gt_anomaly")
-MODEL_OUTPUTS = ("reconstruction", "anomaly_score", "latent", "codes", "nll", "samples")
+BATCH_FIELDS = ("inputs", "labels", "gt_anomaly", "gt_mask")
+MODEL_OUTPUTS = ("reconstruction", "anomaly_score", "anomaly_map", "latent", "codes", "nll", "samples")
 
 
 class EvaluationMetric(nn.Module, ABC):
@@ -71,6 +77,8 @@ def model_outputs(model: LatentModel, batch: Batch, names: Sequence[str]) -> dic
             values[name] = model.reconstruct(batch).float()
         elif name == "anomaly_score":
             values[name] = model.anomaly_score(batch).float()
+        elif name == "anomaly_map" and isinstance(model, Localizes) and model.localizes():
+            values[name] = model.anomaly_map(batch).float()
         elif name == "latent":
             values[name] = model.latent(batch)
         elif name == "codes" and isinstance(model, DiscreteCode):
@@ -86,6 +94,12 @@ def model_outputs(model: LatentModel, batch: Batch, names: Sequence[str]) -> dic
 def update_all(metrics: Sequence[EvaluationMetric], model: LatentModel, batch: Batch) -> None:
     """Updates each metric with what it reads of `batch` (a metric reading a field the batch lacks, such as
     `gt_anomaly` outside the one-class protocol, is left out)."""
+    # a metric reading a field the batch lacks is left out before any model output is computed for it
+    metrics = [
+        metric
+        for metric in metrics
+        if all(getattr(batch, name) is not None for name in metric.reads if name in BATCH_FIELDS)
+    ]
     values = model_outputs(model, batch, [name for metric in metrics for name in metric.reads])
     for metric in metrics:
         if all(name in values for name in metric.reads):

@@ -9,6 +9,7 @@ from torchmetrics.image import StructuralSimilarityIndexMeasure
 from ae_lightning.autoencoders.base import LatentModel
 from ae_lightning.autoencoders.interface import DiscreteCode, GaussianPosterior, LogLikelihood, Reconstructs
 from ae_lightning.evaluation.generation import Generation
+from ae_lightning.evaluation.maps import Localisation
 from ae_lightning.evaluation.metric import EvaluationMetric
 from ae_lightning.evaluation.one_class import OneClassMetrics
 from ae_lightning.nets import one_hot
@@ -177,11 +178,13 @@ class CodeUsage(EvaluationMetric):
 
 def default_metrics(model: LatentModel) -> list[EvaluationMetric]:
     """What applies to `model`, by its declared capabilities: reconstruction quality, the NLL, the one-class
-    measures (used where batches carry `gt_anomaly`), the samples' FID, active units, codebook usage."""
+    measures (used where batches carry `gt_anomaly`), the localisation measures (where they carry `gt_mask`),
+    the samples' FID, active units, codebook usage."""
     candidates: list[EvaluationMetric] = [
         Reconstruction(model.value_range, images=len(model.image_shape) == 3),
         NegativeLogLikelihood(),
         OneClass(),
+        Localisation(),
         Generation(model.value_range),
     ]
     if isinstance(model, GaussianPosterior):

@@ -9,10 +9,14 @@ from typing_extensions import Self
 from ae_lightning.callbacks.gather import gather_shares
 from ae_lightning.checkpoints import checkpoint_bytes, read_checkpoint
 from ae_lightning.errors import CheckpointError
+from ae_lightning.evaluation import Evaluator
+from ae_lightning.evaluation.maps import MapCalibration
 from ae_lightning.models.rng import RNG_STATES_KEY, rank_states, rng_states, set_rng_states
 
 #: the checkpoint entry holding the anomaly threshold chosen on validation
 ANOMALY_THRESHOLD_KEY = "anomaly_threshold"
+#: the checkpoint entry holding the anomaly maps' calibration on validation (`evaluation.MapCalibration`)
+MAP_CALIBRATION_KEY = "map_calibration"
 #: the checkpoint entry saying how the weights are laid out: 2 = the torch model under `model.`; checkpoints
 #: without it (written before 2) hold the same tensors without the prefix, and are converted when loaded
 FORMAT_KEY = "ae_lightning_format"
@@ -29,6 +33,7 @@ class CheckpointState(LightningModule):
 
     _resumed_rng_states: dict[str, Any] | None = None
     anomaly_threshold: float | None
+    evaluator: Evaluator
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the random streams (noise of the VAE and the denoiser, dynamic binarisation) of every rank continue
@@ -41,6 +46,8 @@ class CheckpointState(LightningModule):
             trainer = None
         checkpoint[RNG_STATES_KEY] = [states] if trainer is None else gather_shares(trainer, states)
         checkpoint[ANOMALY_THRESHOLD_KEY] = self.anomaly_threshold
+        calibration = self.evaluator.map_calibration
+        checkpoint[MAP_CALIBRATION_KEY] = None if calibration is None else calibration.as_dict()
         checkpoint[FORMAT_KEY] = FORMAT
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -48,6 +55,7 @@ class CheckpointState(LightningModule):
         the meaning of the pixels would silently differ. Keeps the saved random streams for resuming."""
         self._resumed_rng_states = checkpoint.get(RNG_STATES_KEY)
         self.anomaly_threshold = checkpoint.get(ANOMALY_THRESHOLD_KEY)
+        self.evaluator.map_calibration = MapCalibration.from_dict(checkpoint.get(MAP_CALIBRATION_KEY))
         trained = checkpoint.get("hyper_parameters", {})
         current = self.hparams
         for name, flag in (("value_range", "--data.value_range"), ("image_shape", "the data")):

@@ -8,7 +8,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from ae_lightning import multistep
-from ae_lightning.autoencoders import Conditional, LatentModel, ReadsDatasetSize, SeveralOptimizers
+from ae_lightning.autoencoders import (
+    Conditional,
+    LatentModel,
+    Localizes,
+    ReadsDatasetSize,
+    SeveralOptimizers,
+)
 from ae_lightning.batch import Batch
 from ae_lightning.data.contract import AutoencoderDataModule
 from ae_lightning.evaluation import EvaluationMetric, Evaluator
@@ -204,8 +210,12 @@ class AutoencoderModule(CheckpointState, LightningModule):
         """The metrics take what the data offers (its feature network, for the samples' FID), moved to this
         device here, before the first batch, rather than in one."""
         datamodule = self.trainer.datamodule
-        network = datamodule.feature_network() if isinstance(datamodule, AutoencoderDataModule) else None
-        self.evaluator.prepare(network, self.device)
+        network, pixels = None, None
+        if isinstance(datamodule, AutoencoderDataModule):
+            network = datamodule.feature_network()
+            if len(self.model.image_shape) == 3:
+                pixels = datamodule.split_size("test") * self.model.image_shape[1] * self.model.image_shape[2]
+        self.evaluator.prepare(network, self.device, pixels)
 
     def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = self._step(batch, "test")
@@ -218,9 +228,12 @@ class AutoencoderModule(CheckpointState, LightningModule):
             self.log(f"test/{name}", value, sync_dist=True)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        """Latent code, anomaly score, dataset index, label (when the batch has one) and, when the module
-        holds an anomaly threshold, the decision `pred_anomaly` = score > threshold, of every item."""
+        """Latent code, anomaly score, anomaly map (a model that localises), dataset index, label (when the
+        batch has one) and, when the module holds an anomaly threshold, the decision `pred_anomaly` = score >
+        threshold, of every item."""
         prediction = {"latent": self.model.latent(batch), "anomaly_score": self.model.anomaly_score(batch)}
+        if isinstance(self.model, Localizes) and self.model.localizes():
+            prediction["anomaly_map"] = self.model.anomaly_map(batch)
         if batch.index is not None:
             prediction["index"] = batch.index
         if batch.labels is not None:
