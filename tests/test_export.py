@@ -79,11 +79,14 @@ def test_exported_graphs_give_the_checkpoints_codes_reconstructions_and_scores(
         assert len(exported.spec["checkpoint"]["sha256"]) == 64
         assert ("decoder" in exported.files) == decodes
         (latent,) = exported.run("encoder", inputs, *labels)
-        anomaly_score, pred_anomaly = exported.run("scorer", inputs, *labels)
+        anomaly_score, pred_anomaly, *anomaly_map = exported.run("scorer", inputs, *labels)
         measured = {
             "latent": relative_difference(latent, expected["latent"]),
             "anomaly_score": relative_difference(anomaly_score, expected["anomaly_score"]),
         }
+        if anomaly_map:  # the scorer of a model that localises gives its anomaly map too
+            with torch.no_grad():
+                measured["anomaly_map"] = relative_difference(anomaly_map[0], model.anomaly_map(batch))
         if decodes:
             (reconstruction,) = exported.run("decoder", latent, *labels)
             measured["reconstruction"] = relative_difference(reconstruction, expected["reconstruction"])
@@ -104,6 +107,7 @@ def test_exported_graphs_give_the_checkpoints_codes_reconstructions_and_scores(
     print(f"\nlargest relative difference: {mine}")
 
 
+@pytest.mark.slow  # whole runs through the CLI: in the slow set (CI runs it), to keep the quick one quick
 def test_exported_files_hold_no_training_only_parts(data_dir: Path, in_tmp: Path) -> None:
     """The VQ-VAE's codebook running statistics (EMA counts and sums, usage) are training-only."""
     fit_and_export("vqvae_conv", data_dir, in_tmp)
@@ -255,6 +259,7 @@ class _FloatScorer(_FloatEncoder):
         return score, score > 1e9
 
 
+@pytest.mark.slow  # whole runs through the CLI: in the slow set (CI runs it), to keep the quick one quick
 def test_a_folder_exported_before_version_2_still_scores(data_dir: Path, in_tmp: Path) -> None:
     """An export of model.json version 1 (graphs of float inputs in the value range, named images, code,
     score, is_anomaly) is still run, its pixels scaled outside the graph, to the scores of a new export."""

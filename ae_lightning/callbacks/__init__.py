@@ -1,6 +1,7 @@
 """Lightning callbacks."""
 
 from ae_lightning.callbacks.feature_quality import FeatureQuality
+from ae_lightning.callbacks.heat_map_writer import HeatMapWriter
 from ae_lightning.callbacks.manifold_report import ManifoldReport
 from ae_lightning.callbacks.nonfinite import NonFiniteLossCheck
 from ae_lightning.callbacks.prediction_writer import PredictionWriter
@@ -13,6 +14,7 @@ from ae_lightning.callbacks.watchdog import StepWatchdog
 
 __all__ = [
     "FeatureQuality",
+    "HeatMapWriter",
     "ManifoldReport",
     "NonFiniteLossCheck",
     "PredictionWriter",

@@ -60,8 +60,9 @@ class PredictionWriter(BasePredictionWriter):
 
     `predictions.pt` (always): a dict of tensors `latent` (N, latent_dim; the posterior mean for a VAE),
     `anomaly_score` (N,), `labels` (N,) when the dataset has labels, `pred_anomaly` (N,) when the model holds
-    an anomaly threshold, `index` (N,), the position of each row in the predicted dataset, and `path` (a list
-    of N file names) when the images came from files (`ImageFolderDataModule`). Load it with
+    an anomaly threshold, `index` (N,), the position of each row in the predicted dataset, `path` (a list
+    of N file names) when the images came from files (`ImageFolderDataModule`), and `anomaly_map` (N, H, W)
+    for a model that localises (the npz form holds it too; the csv form leaves it out). Load it with
     `torch.load(path)`. Under DDP each rank predicts a disjoint share; the shares are gathered by index
     and written once, by global rank zero, so the file is the one a single process writes.
 

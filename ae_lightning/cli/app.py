@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import ae_lightning.data
 import ae_lightning.models
-from ae_lightning.callbacks import NonFiniteLossCheck, StepWatchdog
+from ae_lightning.callbacks import HeatMapWriter, NonFiniteLossCheck, StepWatchdog
 from ae_lightning.cli.parser import ArgumentParser
 from ae_lightning.cli.resume import Checked, resolve_checkpoint
 from ae_lightning.cli.setup import equip_trainer, prepare_fit, prepare_predict
@@ -87,6 +87,8 @@ class AutoencoderCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteLossCheck, "nonfinite_loss")
         # under DDP: a rank that died or hangs ends the job in minutes, not at NCCL's 30-minute timeout
         parser.add_lightning_class_args(StepWatchdog, "step_watchdog")
+        # at predict, when asked (--heat_maps.write true): a heat-map PNG of each image's anomaly map
+        parser.add_lightning_class_args(HeatMapWriter, "heat_maps")
         parser.add_argument(
             "--float32_matmul_precision",
             type=Literal["highest", "high", "medium"],

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ae_lightning.autoencoders import Autoencoder, Conditional, LatentModel, Reconstructs
+from ae_lightning.autoencoders import Autoencoder, Conditional, LatentModel, Localizes, Reconstructs
 from ae_lightning.batch import Batch
 from ae_lightning.value_range import scale_pixels
 
@@ -52,17 +52,28 @@ class DecoderGraph(_Part):
         return self.model.decode(*self.with_labels(latent, labels))
 
 
+def gives_map(model: LatentModel) -> bool:
+    """Whether the model's scorer gives an anomaly map: it localises, and its data are images."""
+    return isinstance(model, Localizes) and model.localizes()
+
+
 class ScorerGraph(_Part):
-    """inputs [, labels] -> (anomaly_score (B,), pred_anomaly (B,) bool: score > threshold). Without a
-    threshold the decision is all False and `model.json` says so."""
+    """inputs [, labels] -> (anomaly_score (B,), pred_anomaly (B,) bool: score > threshold) and, for a model
+    that localises (`gives_map`), anomaly_map (B, H, W) float32. Without a threshold the decision is all
+    False and `model.json` says so."""
 
     def __init__(self, model: LatentModel, threshold: float | None, binarized: bool = False) -> None:
         super().__init__(model, binarized)
+        self.maps = gives_map(model)
         self.register_buffer("threshold", torch.tensor(float("inf") if threshold is None else threshold))
 
-    def forward(self, inputs: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        score = self.model.anomaly_score(Batch(self.model_inputs(inputs), labels)).float()
-        return score, score > self.threshold
+    def forward(self, inputs: Tensor, labels: Tensor | None = None) -> tuple[Tensor, ...]:
+        batch = Batch(self.model_inputs(inputs), labels)
+        score = self.model.anomaly_score(batch).float()
+        if not self.maps:
+            return score, score > self.threshold
+        # a second pass through the model: a map is not in general what the score is read off
+        return score, score > self.threshold, self.model.anomaly_map(batch).float()
 
 
 class SamplerGraph(nn.Module):
@@ -77,12 +88,15 @@ class SamplerGraph(nn.Module):
         return self.sampler.codes_from_noise(self.model, noise).float()
 
 
-#: the names of each graph's inputs (before a conditional model's `labels`) and outputs
-NAMES = {
-    "encoder": (["inputs"], ["latent"]),
-    "decoder": (["latent"], ["reconstruction"]),
-    "scorer": (["inputs"], ["anomaly_score", "pred_anomaly"]),
-}
+def graph_names(model: LatentModel) -> dict[str, tuple[list[str], list[str]]]:
+    """The names of each graph's inputs (before a conditional model's `labels`) and outputs: the scorer of a
+    model that localises gives `anomaly_map` too."""
+    scores = ["anomaly_score", "pred_anomaly", *(["anomaly_map"] if gives_map(model) else [])]
+    return {
+        "encoder": (["inputs"], ["latent"]),
+        "decoder": (["latent"], ["reconstruction"]),
+        "scorer": (["inputs"], scores),
+    }
 
 
 @dataclass
@@ -119,7 +133,8 @@ def graphs(
     }
     if not isinstance(model, Reconstructs):  # nothing to decode with
         del modules["decoder"]
+    names = graph_names(model)
     return {
-        name: Graph(module, (first, *labels), [*NAMES[name][0], *label_names], NAMES[name][1])
+        name: Graph(module, (first, *labels), [*names[name][0], *label_names], names[name][1])
         for name, (module, first) in modules.items()
     }

@@ -19,8 +19,10 @@ class ExportedModel:
     """The folder `cli.py export` wrote: `model.json` and the encoder, decoder and scorer graphs.
 
     `run(part, *arrays)` runs one graph on numpy inputs (what `model_input` makes of uint8 pixels, or float
-    vectors; int64 labels for a conditional model) and gives its outputs as numpy arrays. Folders written
-    before model.json version 2, whose graphs take floats in the value range, are run as they were.
+    vectors; int64 labels for a conditional model) and gives its outputs as numpy arrays, in the order of
+    model.json's `graphs` (the scorer: anomaly_score, pred_anomaly and, where `gives_map`, anomaly_map).
+    Folders written before model.json version 2, whose graphs take floats in the value range, are run as
+    they were.
     """
 
     def __init__(self, folder: str | Path) -> None:
@@ -41,6 +43,17 @@ class ExportedModel:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.spec["input"]["shape"])
 
+    @property
+    def gives_map(self) -> bool:
+        """Whether the scorer gives each image's anomaly map (B, H, W) as its third output."""
+        return "anomaly_map" in self.spec.get("graphs", {}).get("scorer", {}).get("outputs", [])
+
+    @property
+    def map_scale(self) -> tuple[float, float] | None:
+        """(low, high) of the normal validation images' maps, the heat maps' colour scale; None: unknown."""
+        calibration = self.spec.get("map_calibration")
+        return None if calibration is None else (calibration["low"], calibration["high"])
+
     def model_input(self, pixels: np.ndarray) -> np.ndarray:
         """What the encoder and scorer take, from uint8 pixels (B, *input_shape): the pixels themselves (the
         graphs scale them); for an export of version 1, floats in the value range, scaled here."""
@@ -50,6 +63,7 @@ class ExportedModel:
         return (pixels.astype(np.float32) / 255 * (high - low) + low).astype(np.float32)
 
     def run(self, part: str, *inputs: np.ndarray) -> list[np.ndarray]:
+        """The outputs of graph `part` on `inputs`, as numpy arrays in the order model.json names them."""
         graph = self._graph(part)
         if self.format == "onnx":
             names = [item.name for item in graph.get_inputs()]

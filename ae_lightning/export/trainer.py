@@ -36,7 +36,8 @@ class AutoencoderTrainer(Trainer):
 
         Writes `encoder`, `decoder` and `scorer` (`.onnx` or `.pt`), each with a dynamic batch dimension, and
         `model.json` (input shape and value range, how to map uint8 pixels into it, latent size, threshold,
-        class names, the checkpoint's SHA-256) into the folder `output`.
+        the anomaly maps' scale, class names, the checkpoint's SHA-256) into the folder `output`. The scorer
+        of a model that localises gives each image's anomaly map too (`score --maps` draws them).
 
         Args:
             model: the LightningModule of the config (its weights come from `ckpt_path`).
@@ -63,7 +64,15 @@ class AutoencoderTrainer(Trainer):
             digest = extra["checkpoint"]["sha256"]
             shipped = {name: exportable(name, model.model, path, digest) for name in dict.fromkeys(samplers)}
         written = export_model(
-            model.model, format, output, model.anomaly_threshold, extra, overwrite, binarized, shipped
+            model.model,
+            format,
+            output,
+            model.anomaly_threshold,
+            extra,
+            overwrite,
+            binarized,
+            shipped,
+            map_calibration=model.evaluator.map_calibration,
         )
         decoder = isinstance(model.model, Reconstructs)
         parts = "encoder, decoder and scorer" if decoder else "encoder and scorer"

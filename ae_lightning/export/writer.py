@@ -5,22 +5,26 @@ import copy
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
-from ae_lightning.autoencoders import Conditional, LatentModel
+from ae_lightning.autoencoders import Autoencoder, Conditional, LatentModel
 from ae_lightning.errors import ConfigError
-from ae_lightning.export.graphs import NAMES, Graph, SamplerGraph, graphs
+from ae_lightning.export.graphs import Graph, SamplerGraph, gives_map, graph_names, graphs
 from ae_lightning.files import new_folder
+
+if TYPE_CHECKING:
+    from ae_lightning.evaluation.maps import MapCalibration
 
 Format = Literal["onnx", "torchscript"]
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 #: the version of model.json's layout: 2 = the image graphs take uint8 pixels and scale them themselves, and
 #: the inputs and outputs are named `inputs`, `latent`, `reconstruction`, `anomaly_score`, `pred_anomaly`
-#: (1: float inputs in the value range, named `images`, `code`, `score`, `is_anomaly`)
-MODEL_JSON_VERSION = 2
+#: (1: float inputs in the value range, named `images`, `code`, `score`, `is_anomaly`); 3 = the scorer of a
+#: model that localises gives `anomaly_map` too, described under `map` and `map_calibration`
+MODEL_JSON_VERSION = 3
 
 
 def require_onnx() -> None:
@@ -37,9 +41,14 @@ def require_onnx() -> None:
 
 
 def describe(
-    model: LatentModel, threshold: float | None, files: dict[str, str], binarized: bool = False
+    model: LatentModel,
+    threshold: float | None,
+    files: dict[str, str],
+    binarized: bool = False,
+    map_calibration: "MapCalibration | None" = None,
 ) -> dict[str, Any]:
-    """What a consumer needs to run the graphs, for model.json (the caller adds the data and checkpoint)."""
+    """What a consumer needs to run the graphs, for model.json (the caller adds the data and checkpoint);
+    `map_calibration`: the scale of the anomaly maps, set on the normal validation images (None: none)."""
     low, high = model.value_range
     pixels = len(model.image_shape) == 3
     linear = f"* {high - low:g} {'-' if low < 0 else '+'} {abs(low):g}"
@@ -47,6 +56,15 @@ def describe(
     if binarized:  # trained on binarised images
         scaling = f"b = 1 if pixel > 127 else 0, x = b {linear}"
     labels = ["labels"] if isinstance(model, Conditional) else []
+    maps = gives_map(model)
+    scorer = "anomaly_score (B,): higher is more anomalous; pred_anomaly (B,): anomaly_score > threshold" + (
+        "" if threshold is not None else " (no threshold in the checkpoint: always false)"
+    )
+    if maps:
+        scorer += (
+            "; anomaly_map (B, H, W) float32: higher is more anomalous there, on the scale of "
+            "map_calibration (low to high: the range of the normal validation images' maps)"
+        )
     return {
         "version": MODEL_JSON_VERSION,
         "variant": type(model).__name__,
@@ -65,9 +83,11 @@ def describe(
         "conditional": isinstance(model, Conditional),
         "num_classes": model.num_classes if isinstance(model, Conditional) else None,
         "threshold": threshold,
+        "map": map_description(model) if maps else None,
+        "map_calibration": map_calibration.as_dict() if maps and map_calibration is not None else None,
         "graphs": {
             name: {"inputs": [*inputs, *labels], "outputs": outputs}
-            for name, (inputs, outputs) in NAMES.items()
+            for name, (inputs, outputs) in graph_names(model).items()
             if name in files
         },
         "outputs": {
@@ -75,13 +95,18 @@ def describe(
             for name, meaning in {
                 "encoder": "latent (B, latent_dim): for a VAE the posterior mean",
                 "decoder": "reconstruction (B, *shape) in value_range: the output mean",
-                "scorer": "anomaly_score (B,): higher is more anomalous; pred_anomaly (B,): anomaly_score > "
-                "threshold"
-                + ("" if threshold is not None else " (no threshold in the checkpoint: always false)"),
+                "scorer": scorer,
             }.items()
             if name in files  # a model without a decoder exports none
         },
     }
+
+
+def map_description(model: LatentModel) -> dict[str, Any]:
+    """What each pixel of the scorer's anomaly map measures (`autoencoders.scoring.ScoreShape`)."""
+    if not isinstance(model, Autoencoder):
+        return {"measure": None, "smoothing": None}
+    return {"measure": model.score_shape.measure, "smoothing": model.score_shape.smoothing}
 
 
 def export_model(
@@ -93,11 +118,13 @@ def export_model(
     overwrite: bool = False,
     binarized: bool = False,
     samplers: dict[str, nn.Module] | None = None,
+    map_calibration: "MapCalibration | None" = None,
 ) -> Path:
     """Writes `encoder`, `decoder` (a model that reconstructs) and `scorer` of `model` (a float32 CPU copy, in
     eval mode) in `format`, each with a dynamic batch dimension, and `model.json` (`describe` plus `extra`)
     into the folder `output`; each of `samplers` (`ae_lightning.samplers`, by name) as `sampler_<name>`,
-    noise -> latent, described in `model.json` under `samplers`.
+    noise -> latent, described in `model.json` under `samplers`; `map_calibration` (the checkpoint's, None:
+    none) is the scale of the scorer's anomaly maps, for `model.json`.
     `binarized`: the model was trained on binarised images (the graphs threshold the pixels). An existing
     `output` is refused unless `overwrite`; the folder is written beside it and renamed."""
     if format not in SUFFIXES:
@@ -126,7 +153,8 @@ def export_model(
                 "options": sampler.options(),
                 "parameters": sampler.exported_parameters(),
             }
-        description = {**describe(model, threshold, files, binarized), "format": format, **(extra or {})}
+        described_model = describe(model, threshold, files, binarized, map_calibration)
+        description = {**described_model, "format": format, **(extra or {})}
         if described:
             description["samplers"] = described
         (temp / "model.json").write_text(json.dumps(description, indent=2) + "\n")
