@@ -18,6 +18,7 @@ from tests.test_scaling import DDP, FakeTrainer
 VAE = str(CONFIGS / "vae.yaml")
 
 
+@pytest.mark.slow  # whole runs through the CLI: in the slow set (CI runs it), to keep the quick one quick
 def test_a_plain_fit_uses_one_device_and_ddp_yaml_every_one(data_dir: Path, in_tmp: Path) -> None:
     """On an 8-GPU node `fit --config X` trains on one GPU, with the batch size the config says, whatever X;
     the DDP fragment asks for every device of the node (`auto`), `--trainer.devices N` for N."""
