@@ -3,14 +3,17 @@ their exact masks), configs fitted and tested on it through the real CLI, and th
 metrics take on a large test set.
 
     python benchmarks/localisation.py build --data-dir ../shared/data --out /tmp/inspection
-    python benchmarks/localisation.py evaluate --root /tmp/inspection --configs folder_anomaly.yaml
+    python benchmarks/localisation.py evaluate --root /tmp/inspection \
+        --runs "squared error=" "smoothed=--model.score_smoothing 2" \
+               "AE-SSIM=--model.likelihood ssim --model.map_measure ssim"
     python benchmarks/localisation.py memory --images 1000 --size 256
 
   build     root/train/good/ (--train digits of every class, 64 x 64 RGB), root/test/good/ (--test-good) and
             root/test/{scratch,stain}/ (--test-defect each) with root/ground_truth/<defect>/<stem>_mask.png:
             a scratch is a bright line 2 px wide, a stain a grey ellipse; each mask is exactly what was drawn.
-  evaluate  for each config: `fit` on the set, then `test`: image AUROC/AUPR/F1 and pixel AUROC, AUPRO and
-            pixel F1; results in benchmarks/results/localisation.json (or --out).
+  evaluate  for each run (`name=arguments`, added to --config's): `fit` on the set, then `test`: image
+            AUROC/AUPR/F1 and pixel AUROC, AUPRO and pixel F1; results in
+            benchmarks/results/localisation.json (or --out), with a table beside it (.md).
   memory    the peak memory the localisation metrics (the Evaluator's `Localisation`, as a test of that many
             pixels sets it up) add while they take --images maps of --size pixels a side with masks, in
             batches of 32, and compute.
@@ -22,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -105,22 +109,46 @@ def save(image: Image.Image, path: Path) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    """Fits and tests each config on the set; writes the test metrics."""
+    """Fits and tests each run on the set (those not yet in --out for the same set, config and seed); writes
+    the test metrics and a table."""
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "root": str(args.root),
+        "config": args.config,
+        "seed": args.seed,
         "runs": {},
     }
-    for config in args.configs:
+    if args.out.is_file():  # runs of the same set and config are added to those already there
+        earlier = json.loads(args.out.read_text())
+        if (earlier["root"], earlier["config"], earlier["seed"]) == (str(args.root), args.config, args.seed):
+            results["runs"] = earlier["runs"]
+    for run in args.runs:
+        name, _, extra = run.partition("=")
+        if name in results["runs"] and results["runs"][name]["arguments"] == extra:
+            continue
         start = time.perf_counter()
-        common = ["--data.root", str(args.root), "--seed_everything", str(args.seed), *args.extra]
-        fitted = main(["fit", "--config", str(REPO / "configs" / config), *common])
+        common = ["--data.root", str(args.root), "--seed_everything", str(args.seed), *shlex.split(extra)]
+        fitted = main(["fit", "--config", str(REPO / "configs" / args.config), *common])
         fitted.trainer.test(fitted.model, datamodule=fitted.datamodule, verbose=False)
         metrics = {k: v.item() for k, v in fitted.trainer.callback_metrics.items() if k.startswith("test/")}
-        results["runs"][config] = {**metrics, "seconds": time.perf_counter() - start}
-        print(config, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
+        results["runs"][name] = {"arguments": extra, **metrics, "seconds": time.perf_counter() - start}
+        print(name, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(table(results))
+
+
+COLUMNS = ("test/auroc", "test/aupr", "test/f1", "test/pixel_auroc", "test/aupro", "test/pixel_f1")
+
+
+def table(results: dict[str, Any]) -> str:
+    """The runs as a markdown table: arguments, the image and pixel metrics, the time."""
+    names = [column.removeprefix("test/") for column in COLUMNS]
+    lines = [f"| run | arguments | {' | '.join(names)} | fit + test s |", "|" + " --- |" * (len(names) + 3)]
+    for name, run in results["runs"].items():
+        numbers = " | ".join(f"{run[column]:.3f}" if column in run else "-" for column in COLUMNS)
+        lines.append(f"| {name} | `{run['arguments'] or '(config)'}` | {numbers} | {run['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def peak_rss_mb() -> float:
@@ -168,10 +196,10 @@ def parse() -> argparse.Namespace:
     made.add_argument("--seed", type=int, default=0)
     measured = commands.add_parser("evaluate")
     measured.add_argument("--root", type=Path, required=True)
-    measured.add_argument("--configs", nargs="+", default=["folder_anomaly.yaml"])
+    measured.add_argument("--config", default="folder_anomaly.yaml")
+    measured.add_argument("--runs", nargs="+", default=["folder_anomaly.yaml="], help="name=CLI arguments")
     measured.add_argument("--seed", type=int, default=0)
     measured.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "localisation.json")
-    measured.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more CLI arguments, last")
     held = commands.add_parser("memory")
     held.add_argument("--images", type=int, default=1000)
     held.add_argument("--size", type=int, default=256)

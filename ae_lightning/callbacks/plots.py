@@ -6,6 +6,7 @@ picture is its own `matplotlib.figure.Figure` on its own Agg canvas, never pyplo
 is shared between tests, threads or runs.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,12 +197,13 @@ def anomalies_picture(
     maps: Tensor | None = None,
     map_range: tuple[float, float] | None = None,
     gt_masks: Tensor | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Tensor:
     """One row per image (N, C, H, W) in [0, 1], the first `num_most` the most anomalous, then (after a gap)
     the least: the input | its reconstruction (N, C, H, W) in [0, 1] | its anomaly map (N, H, W) over it, on
     one colour scale (`map_range`, default the maps' min and max) with a colorbar | its ground-truth mask
     (N, H, W); each column only when given. Each row is captioned with its rank, score, truth (red:
-    anomalous, blue: normal) and class (`labels`).
+    anomalous, blue: normal) and class (`labels`, named by `class_names` where given).
     (3, *anomalies_size(N, columns, num_most, maps is not None)) in [0, 1]."""
     columns = [("input", images)]
     columns += [("reconstruction", reconstructions)] if reconstructions is not None else []
@@ -232,9 +234,11 @@ def anomalies_picture(
                 axes.set_title(title, fontsize=10)
         rank = f"most anomalous #{row + 1}" if row < num_most else f"least anomalous #{row - num_most + 1}"
         truly = bool(gt_anomaly[row])
-        truth = ("anomalous" if truly else "normal") + (
-            "" if labels is None else f", class {int(labels[row])}"
+        label = None if labels is None else int(labels[row])
+        named = (
+            class_names[label] if class_names and label is not None and label < len(class_names) else label
         )
+        truth = ("anomalous" if truly else "normal") + ("" if label is None else f", class {named}")
         figure.text(
             (CAPTION_WIDTH - 6) / width, (height - top - PANEL / 2) / height,
             f"{rank}\nscore {scores[row].item():.4g}\n{truth}",

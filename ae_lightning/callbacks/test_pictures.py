@@ -2,6 +2,7 @@
 precision-recall curves, a histogram of the anomaly scores and the most and least anomalous test images. The
 callback collects what is drawn (`plots` draws it with matplotlib)."""
 
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ae_lightning.autoencoders import (
 from ae_lightning.batch import Batch
 from ae_lightning.callbacks.gather import Collected
 from ae_lightning.callbacks.images import autoencoder_of, log_image
+from ae_lightning.data.contract import AutoencoderDataModule
 from ae_lightning.errors import ConfigError
 from ae_lightning.files import atomic_write
 from ae_lightning.runs import run_folder
@@ -196,7 +198,9 @@ class TestPictures(Callback):
         if not trainer.is_global_zero or not gathered:
             return
         model, threshold = autoencoder_of(pl_module), pl_module.anomaly_threshold
-        pictures = self.draw(model, gathered, threshold, validation_map_range(pl_module))
+        datamodule = trainer.datamodule
+        names = datamodule.class_names if isinstance(datamodule, AutoencoderDataModule) else None
+        pictures = self.draw(model, gathered, threshold, validation_map_range(pl_module), names)
         folder.mkdir(parents=True, exist_ok=True)
         self.written = []
         for name, picture in pictures.items():
@@ -215,8 +219,10 @@ class TestPictures(Callback):
         data: dict[str, Tensor],
         threshold: float | None = None,
         map_range: tuple[float, float] | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> dict[str, Tensor]:
-        """The pictures that apply to what was gathered (`data`, by name), each (3, H, W) in [0, 1]."""
+        """The pictures that apply to what was gathered (`data`, by name), each (3, H, W) in [0, 1]; rows of
+        images are captioned with their class's name from `class_names` (by label) where given."""
         from ae_lightning.callbacks import plots  # matplotlib loads when there is something to draw
 
         pictures: dict[str, Tensor] = {}
@@ -250,6 +256,7 @@ class TestPictures(Callback):
                 maps=rows.get("maps"),
                 map_range=map_range,
                 gt_masks=rows["gt_masks"].bool() if "gt_masks" in rows else None,
+                class_names=class_names,
             )
         return pictures
 
