@@ -133,9 +133,9 @@ def evaluate(args: argparse.Namespace) -> None:
         metrics = {k: v.item() for k, v in fitted.trainer.callback_metrics.items() if k.startswith("test/")}
         results["runs"][name] = {"arguments": extra, **metrics, "seconds": time.perf_counter() - start}
         print(name, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(table(results))
+        args.out.parent.mkdir(parents=True, exist_ok=True)  # after each run: a later failure keeps it
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(table(results))
 
 
 COLUMNS = ("test/auroc", "test/aupr", "test/f1", "test/pixel_auroc", "test/aupro", "test/pixel_f1")

@@ -238,7 +238,7 @@ def anomalies_picture(
         named = (
             class_names[label] if class_names and label is not None and label < len(class_names) else label
         )
-        truth = ("anomalous" if truly else "normal") + ("" if label is None else f", class {named}")
+        truth = ("anomalous" if truly else "normal") + ("" if label is None else f"\nclass {named}")
         figure.text(
             (CAPTION_WIDTH - 6) / width, (height - top - PANEL / 2) / height,
             f"{rank}\nscore {scores[row].item():.4g}\n{truth}",

@@ -18,7 +18,7 @@ from ae_lightning.evaluation.metric import EvaluationMetric
 #: large image is as good from 4096 of its pixels, and 1,000 images of 256 x 256 keep 32 MB, not 500 MB
 PIXELS_PER_IMAGE = 4096
 #: the test sets with at most this many pixels (over all devices) are measured exactly; larger ones in bins
-MAX_EXACT_PIXELS = 2**23
+MAX_EXACT_PIXELS = 2**22
 #: bins of a large test set, over [low, low + HEADROOM * (high - low)] of the validation maps' range: the
 #: defects of test images score above every normal pixel, and must not all fall into the last bin
 NUM_BINS, HEADROOM = 2**14, 4.0
