@@ -91,7 +91,13 @@ def test_exported_graphs_give_the_checkpoints_codes_reconstructions_and_scores(
             (reconstruction,) = exported.run("decoder", latent, *labels)
             measured["reconstruction"] = relative_difference(reconstruction, expected["reconstruction"])
         RELATIVE_DIFFERENCES[f"{config}/{form}"] = max(measured.values())
-        assert max(measured.values()) <= 1e-5, (form, measured)
+        limits = dict.fromkeys(measured, 1e-5)
+        if "anomaly_map" in measured and model.score_shape.measure == "ssim":
+            # SSIM's variances are means of squares less squared means: where a window's variance is far
+            # below its squared mean, the float32 rounding of either (summed in another order by ONNX) grows
+            # to ~1e-5 of the map's scale
+            limits["anomaly_map"] = 1e-4
+        assert all(measured[name] <= limits[name] for name in measured), (form, measured)
         if threshold is not None:
             assert np.array_equal(pred_anomaly, (expected["anomaly_score"] > threshold).numpy())
         (single,) = exported.run("encoder", inputs[:1], *[array[:1] for array in labels])  # any batch size
