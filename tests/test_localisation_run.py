@@ -78,13 +78,24 @@ def test_folder_anomaly_localises_the_defects_of_a_masked_folder(tmp_path: Path,
     pictures = run_folder(in_tmp, "folder_anomaly", 1)
     assert read_png(pictures / "anomalies.png").shape[0] == 3 and (pictures / "roc_pr.png").is_file()
 
-    main(["predict", *config, *flags, "--ckpt_path=last"])
+    main(["predict", *config, *flags, "--ckpt_path=last", "--heat_maps.max_images=5"])
     predicted = run_folder(in_tmp, "folder_anomaly", 2)
     predictions = torch.load(predicted / "predictions.pt", weights_only=True)
-    torch.testing.assert_close(predictions["anomaly_map"], maps)
-    heat_maps = sorted((predicted / "anomaly_maps").iterdir())
-    assert len(heat_maps) == 12 and heat_maps[0].name == "000000_000.png"
+    torch.testing.assert_close(predictions["anomaly_map"], maps)  # every image's map
+    heat_maps = sorted((predicted / "anomaly_maps").iterdir())  # the first 5 drawn
+    assert [path.name for path in heat_maps] == [f"{i:06d}_00{i}.png" for i in range(5)]
     assert read_png(heat_maps[0]).shape == (3, SIZE, 2 * SIZE + 4)
+
+
+def test_a_defect_image_without_its_mask_is_one_line_through_the_cli(tmp_path: Path, in_tmp: Path) -> None:
+    root = write_inspection_set(tmp_path / "parts")
+    (root / "ground_truth" / "scratch" / "002_mask.png").unlink()
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(CONFIGS / "folder_anomaly.yaml"), *tiny_folder(root, in_tmp / "c")])
+    message = str(exited.value.code)
+    assert message.startswith("error: the defect image") and "scratch/002.png has no mask" in message
+    assert "--data.missing_masks drop" in message and "\n" not in message
+    assert not (in_tmp / "runs").exists()
 
 
 @pytest.mark.parametrize(
