@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ae_lightning.autoencoders.similarity import ssim_parts
+from ae_lightning.autoencoders.similarity import same_size_window
+from ae_lightning.autoencoders.similarity import ssim_map as same_size_ssim
 from ae_lightning.errors import ConfigError
 
 #: `none`: the summed squared residual; `intensity`: divided by the image's total intensity above the bottom
@@ -100,15 +101,8 @@ def ssim_map(x: Tensor, reconstruction: Tensor, value_range: tuple[float, float]
     """1 - the local SSIM of each pixel, averaged over channels: (B, C, H, W) -> (B, H, W) float32, in
     [0, 2] (0: the neighbourhoods agree). The images are mirrored at their borders by half a window, so the
     map has their size; the window is `SSIM_MAP_WINDOW` pixels, or the widest odd one that fits."""
-    window = min(SSIM_MAP_WINDOW, (min(x.shape[-2:]) - 1) // 2 * 2 + 1)
-    pad = window // 2
-    with torch.autocast(x.device.type, enabled=False):
-        padded = [
-            F.pad(image.float(), (pad,) * 4, mode="reflect") if pad else image.float()
-            for image in (x, reconstruction)
-        ]
-        luminance, contrast_structure = ssim_parts(*padded, value_range[1] - value_range[0], window)
-        return (1 - luminance * contrast_structure).mean(1)
+    window = min(SSIM_MAP_WINDOW, same_size_window(x.shape))
+    return (1 - same_size_ssim(x, reconstruction, value_range[1] - value_range[0], window)).mean(1)
 
 
 def pixel_map(

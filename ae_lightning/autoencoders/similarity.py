@@ -114,15 +114,30 @@ def ssim(
     return ms_ssim(prediction, target, value_range, kernel_size, scales=1)
 
 
+def ssim_map(x: Tensor, y: Tensor, data_range: float, kernel_size: int) -> Tensor:
+    """The SSIM of every pixel of images x and y (B, C, H, W), each the centre of its window: the images are
+    mirrored at their borders by half a window, so the map has their size. (B, C, H, W) float32."""
+    pad = kernel_size // 2
+    with torch.autocast(x.device.type, enabled=False):
+        x, y = x.float(), y.float()
+        if pad:
+            x, y = (torch.nn.functional.pad(image, (pad,) * 4, mode="reflect") for image in (x, y))
+        luminance, contrast_structure = ssim_parts(x, y, data_range, kernel_size)
+        return luminance * contrast_structure
+
+
+def same_size_window(image_shape: Sequence[int]) -> int:
+    """The window of a same-size SSIM map of images (..., H, W): 11 pixels, or the widest odd one that the
+    mirrored border allows (under half the smaller side)."""
+    return min(11, (min(image_shape[-2:]) - 1) // 2 * 2 + 1)
+
+
 def ssim_loss(prediction: Tensor, target: Tensor, value_range: tuple[float, float]) -> Tensor:
     """(1 - SSIM) of each image pair (B, C, H, W) times its number of values, (B,) float32: the training
     loss of AE-SSIM (Bergmann et al., VISAPP 2019), on the scale of a summed squared error. SSIM is the mean
-    over the valid window positions, not clipped (below 0 it still has a gradient, unlike `ms_ssim`'s); the
-    window is 11 pixels, or the widest odd one the images hold."""
-    kernel_size = min(11, (min(target.shape[-2:]) - 1) // 2 * 2 + 1)
-    with torch.autocast(prediction.device.type, enabled=False):
-        data_range = value_range[1] - value_range[0]
-        luminance, contrast_structure = ssim_parts(
-            prediction.float(), target.float(), data_range, kernel_size
-        )
-        return (1 - (luminance * contrast_structure).flatten(1).mean(1)) * target[0].numel()
+    of the same-size map (`ssim_map`, as torchmetrics' SSIM), so every pixel, the borders too, is the centre
+    of a window and weighs the same, as in the anomaly map; it is not clipped (below 0 it still has a
+    gradient, unlike `ms_ssim`'s)."""
+    data_range = value_range[1] - value_range[0]
+    similarity = ssim_map(prediction, target, data_range, same_size_window(target.shape))
+    return (1 - similarity.flatten(1).mean(1)) * target[0].numel()
