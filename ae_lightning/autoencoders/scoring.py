@@ -80,6 +80,12 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     return F.conv2d(x, cols, padding=(0, radius), groups=channels)
 
 
+def ink(x: Tensor, low: float, high: float) -> Tensor:
+    """How much there is in each image (B, C, H, W): its total intensity above the bottom of the value range
+    [low, high], at least one full pixel's. (B,) float32"""
+    return (x.float() - low).flatten(1).sum(1).clamp_min(high - low)
+
+
 def residual_score(
     x: Tensor, reconstruction: Tensor, smoothing: float, normalization: str, low: float, high: float
 ) -> Tensor:
@@ -93,7 +99,7 @@ def residual_score(
         residual = gaussian_blur(residual, smoothing)
     score = residual.square().flatten(1).sum(1)
     if normalization == "intensity":
-        score = score / (x.float() - low).flatten(1).sum(1).clamp_min(high - low)
+        score = score / ink(x, low, high)
     return score
 
 
@@ -129,7 +135,7 @@ def score_of_map(
     flat = anomaly_map.flatten(1)
     score = flat.amax(1) if reduction == "max" else flat.mean(1)
     if normalization == "intensity":
-        score = score / (x.float() - low).flatten(1).sum(1).clamp_min(high - low)
+        score = score / ink(x, low, high)
     return score
 
 

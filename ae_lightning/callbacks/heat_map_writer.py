@@ -70,7 +70,7 @@ class HeatMapWriter(Callback):
             rank_zero_warn(NO_CALIBRATION)
             self._scale = (None, None)
         else:
-            self._scale = (calibration.low, calibration.high)
+            self._scale = calibration.scale
 
     def on_predict_batch_end(
         self,

@@ -49,7 +49,7 @@ def validation_map_range(pl_module: "pl.LightningModule") -> tuple[float, float]
     """The colour scale of the heat maps: the (low, high) of the normal validation images' maps
     (`evaluator.map_calibration`), or None (nothing validated), and then the maps drawn set it."""
     calibration = pl_module.evaluator.map_calibration
-    return None if calibration is None else (calibration.low, calibration.high)
+    return None if calibration is None else calibration.scale
 
 
 def keep_extremes(

@@ -34,6 +34,11 @@ class MapCalibration:
     high: float
     pixel_threshold: float
 
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(low, high): the heat maps' colour scale."""
+        return self.low, self.high
+
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
